@@ -1,0 +1,61 @@
+"""Small helpers shared by the entry points: user errors without tracebacks, key=value overrides."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from core.errors import ConfigError, UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at every import otherwise
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print a UserError as one clear line and exit 2; other exceptions keep their traceback (they are bugs)."""
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_overrides(argv: list[str]) -> DictConfig:
+    """key=value arguments (dotted keys, YAML values) as a config; anything else is a clear error."""
+    bad = [a for a in argv if "=" not in a or a.startswith("=")]
+    if bad:
+        raise ConfigError(f"arguments must be key=value (got {bad[0]!r}); e.g. ckpt=runs/x/checkpoints/last.ckpt")
+    return OmegaConf.from_dotlist([a.lstrip("+") for a in argv])
+
+
+def load_group(group: str, option: str) -> DictConfig:
+    """configs/<group>/<option>.yaml, with its own defaults list resolved (one level, same group)."""
+    path = CONFIG_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"{group}={option}: no such config; choose one of {choices}")
+    cfg = OmegaConf.load(path)
+    defaults = cfg.pop("defaults", None) if isinstance(cfg, DictConfig) else None
+    if defaults:
+        base = OmegaConf.create()
+        for entry in defaults:
+            if isinstance(entry, str) and entry != "_self_":
+                base = OmegaConf.merge(base, load_group(group, entry))
+        cfg = OmegaConf.merge(base, cfg)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: DictConfig, groups: tuple[str, ...] = ("data", "model")) -> DictConfig:
+    """Merge key=value overrides into a stored run config; `data=rain100h` swaps in that config group."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.set_struct(cfg, False)
+    for group in groups:
+        if isinstance(overrides.get(group), str):
+            cfg[group] = load_group(group, overrides.pop(group))
+    return OmegaConf.merge(cfg, overrides)

@@ -1,0 +1,71 @@
+"""Restore your own images with a trained model.
+
+  python restore.py ckpt=runs/.../checkpoints/last.ckpt input=photos/ output=restored/ [tile=512] [overlap=32]
+  python restore.py weights=lastest_EMA.pth experiment=irsde_rain100h input=img.png output=out/
+
+Any image size works. With tile=N the network runs on overlapping N x N tiles blended smoothly, so a 2K image
+fits in a fixed memory budget (tiling wraps each network evaluation, so a sampler's noise stays consistent
+across tiles). Options: sampler=, steps=, seed=, device=, precision=bf16.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from core.cli import parse_overrides, user_errors
+
+OWN_KEYS = ("ckpt", "weights", "experiment", "input", "output", "tile", "overlap", "sampler", "steps", "sigma",
+            "seed", "device", "precision", "progress")
+
+
+def main(argv: list[str]) -> list[Path]:
+    import torch
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from core.errors import ConfigError, DataError
+    from core.io import list_images, read_image, to_tensor, write_image
+    from core.loading import module_from_checkpoint, module_from_weights, pick_device
+
+    args = dict(parse_overrides(argv).items())
+    for key in ("input", "output"):
+        if not args.get(key):
+            raise ConfigError(f"missing {key}=...: python restore.py ckpt=PATH input=FOLDER_OR_FILE output=FOLDER")
+    overrides = OmegaConf.create({k: v for k, v in args.items() if k not in OWN_KEYS})
+    if args.get("ckpt"):
+        module, _ = module_from_checkpoint(args["ckpt"], overrides)
+    elif args.get("weights") and args.get("experiment"):
+        module, _ = module_from_weights(args["weights"], args["experiment"])
+    else:
+        raise ConfigError("pass ckpt=PATH (a suite checkpoint) or weights=PATH experiment=NAME (release weights)")
+    source = Path(args["input"])
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = list_images(source)
+    else:
+        raise DataError(f"input={source}: no such file or folder")
+    if not files:
+        raise DataError(f"input={source}: no images found (png, jpg, bmp, tif, webp)")
+    device = pick_device(args.get("device"))
+    module.to(device)
+    options = {k: args[k] for k in ("sampler", "steps", "sigma", "tile", "overlap") if args.get(k) is not None}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.get("precision") == "bf16")
+    out_dir = Path(args["output"])
+    written = []
+    for i, path in enumerate(tqdm(files, desc="restoring", disable=not args.get("progress", True))):
+        lq = to_tensor(read_image(path))[None].to(device)
+        generator = torch.Generator(device=device).manual_seed(int(args.get("seed", 0)) + i)
+        with autocast:
+            restored = module.restore(lq, generator=generator, **options).float()
+        target = out_dir / f"{path.stem}.png"
+        write_image(target, restored[0].cpu())
+        written.append(target)
+    print(f"restored {len(written)} image(s) into {out_dir}")
+    return written
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])

@@ -1,0 +1,57 @@
+"""Train a restoration model: python train.py experiment=irsde_rain100h data.root=/datasets/Rain100H [key=value ...]
+
+The run directory (runs/<name>/<date_time>/) gets the resolved config (.hydra/config.yaml), checkpoints/
+(last.ckpt and the best by validation PSNR, each holding the config too) and the logger's files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from core.cli import user_errors
+
+log = logging.getLogger("train")
+
+
+def train(cfg: DictConfig) -> dict:
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from core.checkpoint import AtomicCheckpointIO
+    from core.loggers import make_logger
+
+    L.seed_everything(cfg.seed, workers=True)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    module.run_config = run_config
+    if hasattr(module, "prepare_from_config"):  # e.g. DiffIR stage 2 loads its stage-1 checkpoint
+        module.prepare_from_config(cfg)
+    logger_cfg = dict(cfg.logger)
+    logger = make_logger(logger_cfg.pop("kind"), out_dir, name=f"{cfg.name}/{out_dir.name}", config=run_config,
+                         **logger_cfg)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    results = {"run_dir": str(out_dir), "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
+    if cfg.test_after_fit:
+        trainer.test(module, datamodule=datamodule)
+    if trainer.is_global_zero:
+        ckpt_dir = out_dir / "checkpoints"
+        log.info("checkpoints in %s; evaluate with: python evaluate.py ckpt=%s", ckpt_dir, ckpt_dir / "last.ckpt")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
