@@ -1,0 +1,243 @@
+"""Loading IR-SDE / Refusion network weights: the official release files and the suite's own checkpoints.
+
+Official releases (Algolzw/image-restoration-sde, e.g. ``lastest_EMA.pth``) are plain state dicts of
+``ConditionalUNet`` or ``ConditionalNAFNet``, sometimes with the ``module.`` prefix of DataParallel. Our
+networks use the official module names, so the key mapping is the identity once that prefix is gone
+(:func:`official_to_suite_keys`). The constructor arguments are not stored in those files, so they are read
+off the weights' shapes (the released inpainting UNet, for example, is nf=32 although its yml says 64).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.errors import CheckpointError
+from irsde.nets.nafnet import ConditionalNAFNet
+from irsde.nets.unet import ConditionalUNet
+
+StateDict = dict[str, torch.Tensor]
+
+# Prefixes under which a suite LightningModule stores a network, EMA copies first (what is evaluated).
+SUITE_PREFIXES = ("ema_net.", "ema.module.", "ema.", "net_ema.", "net.")
+# Containers used by release files of this and related repositories, EMA first.
+RELEASE_CONTAINERS = ("params_ema", "params", "state_dict", "model", "net")
+UNET_SIGNATURE = "init_conv.weight"
+NAFNET_SIGNATURE = "intro.weight"
+
+
+class IRSDEWeightsError(CheckpointError, ValueError):
+    """A file that cannot be read as IR-SDE network weights (a ValueError and a suite CheckpointError)."""
+
+
+def official_to_suite_keys(state_dict: StateDict) -> StateDict:
+    """Map official parameter names to ours: the identity, after dropping DataParallel's ``module.`` prefix.
+
+    ``n_averaged`` (the counter of torch's AveragedModel EMA wrapper) is not a network parameter: dropped.
+    """
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        if key != "n_averaged":
+            out[key] = value
+    return out
+
+
+def _safe_globals() -> list[Any]:
+    """Types that a suite checkpoint's config may pickle: omegaconf containers and plain builtins.
+
+    They only rebuild data, so allowing them keeps ``weights_only=True`` (no arbitrary code from the file).
+    """
+    allowed: list[Any] = [typing.Any, dict, list, tuple, set, int, float, str, bool,
+                          collections.defaultdict, collections.OrderedDict]
+    try:
+        from omegaconf import DictConfig, ListConfig, base, nodes
+    except ImportError:
+        return allowed
+    allowed += [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata]
+    allowed += [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
+                nodes.BytesNode, nodes.PathNode]
+    return allowed
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip-format torch file at all
+        return []
+
+
+def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
+    if not path.is_file():
+        raise IRSDEWeightsError(f"{path}: no such weights file")
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise IRSDEWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
+        if not trusted:
+            raise IRSDEWeightsError(
+                f"{path}: holds pickled Python objects beyond tensors and configs ({', '.join(unsafe[:5])}); "
+                "if you trust the file, load it with trusted=True"
+            ) from err
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise IRSDEWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise IRSDEWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
+
+
+def _tensors_of(obj: Any) -> StateDict | None:
+    """The tensor entries of a dict (other bookkeeping values dropped), or None when it holds no tensor."""
+    if not isinstance(obj, dict):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return tensors or None
+
+
+def _has_network(state_dict: StateDict) -> bool:
+    return UNET_SIGNATURE in state_dict or NAFNET_SIGNATURE in state_dict
+
+
+def _under_prefix(state_dict: StateDict, prefix: str) -> StateDict:
+    return official_to_suite_keys({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+
+
+def load_state_dict_any(
+    path: str | os.PathLike, map_location: Any = "cpu", *, trusted: bool = False
+) -> StateDict:
+    """The network state dict held by ``path``, with our (= the official) key names.
+
+    Accepts a suite Lightning checkpoint (``state_dict`` with ``ema_net.``/``ema.``/``net.`` prefixed keys;
+    the EMA copy wins) and official or BasicSR-style release files (a plain state dict, possibly with
+    ``module.`` prefixes, or one under ``params_ema``/``params``/``state_dict``). Files are read with
+    ``weights_only=True``; ``trusted=True`` allows full unpickling for files that need it. When no IR-SDE
+    network is recognised, the most plausible tensor dict is returned as is, so that the caller can report
+    what the file holds.
+    """
+    path = Path(path)
+    raw = _torch_load(path, map_location, trusted)
+    if not isinstance(raw, dict):
+        raise IRSDEWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
+
+    found = [_tensors_of(raw.get(name)) for name in RELEASE_CONTAINERS] + [_tensors_of(raw)]
+    candidates = [c for c in found if c is not None]
+    if not candidates:
+        raise IRSDEWeightsError(f"{path}: no tensor dict found; top-level keys: {sorted(map(str, raw))[:8]}")
+
+    for state_dict in candidates:
+        for prefix in SUITE_PREFIXES:
+            selected = _under_prefix(state_dict, prefix)
+            if _has_network(selected):
+                return selected
+        plain = official_to_suite_keys(state_dict)
+        if _has_network(plain):
+            return plain
+    return official_to_suite_keys(candidates[0])
+
+
+def _indices(state_dict: StateDict, pattern: str) -> list[int]:
+    """Sorted distinct integers captured by ``pattern`` (a regex with one group) over the keys."""
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for key in state_dict if (m := regex.match(key))})
+
+
+def _require(state_dict: StateDict, key: str, what: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise ValueError(f"not a {what} state dict: no '{key}' (keys start {list(state_dict)[:5]})")
+    return state_dict[key]
+
+
+def infer_unet_config(state_dict: StateDict) -> dict[str, Any]:
+    """ConditionalUNet constructor kwargs (in_nc, out_nc, nf, depth, ch_mult) read off the weights' shapes."""
+    init = _require(state_dict, UNET_SIGNATURE, "ConditionalUNet")
+    final = _require(state_dict, "final_conv.weight", "ConditionalUNet")
+    nf, in_ch2 = int(init.shape[0]), int(init.shape[1])
+    levels = _indices(state_dict, r"downs\.(\d+)\.0\.")
+    if not levels or levels != list(range(len(levels))):
+        raise ValueError(f"ConditionalUNet state dict with encoder levels {levels}: expected 0..depth-1")
+    ch_mult = []
+    for i in levels:
+        width = int(_require(state_dict, f"downs.{i}.3.weight", "ConditionalUNet").shape[0])
+        if width % nf:
+            raise ValueError(f"encoder level {i} outputs {width} channels, not a multiple of nf={nf}")
+        ch_mult.append(width // nf)
+    out_nc = int(final.shape[0])
+    return {"in_nc": in_ch2 // 2, "out_nc": out_nc, "nf": nf, "depth": len(levels), "ch_mult": ch_mult}
+
+
+def _blocks_per_stage(state_dict: StateDict, stage: str, count: int) -> list[int]:
+    # A stage with no block has no keys at all, hence counting within each known stage index.
+    return [len(_indices(state_dict, rf"{stage}\.{i}\.(\d+)\.")) for i in range(count)]
+
+
+def infer_nafnet_config(state_dict: StateDict) -> dict[str, Any]:
+    """ConditionalNAFNet kwargs (img_channel, width, middle_blk_num, enc/dec_blk_nums) from the weights."""
+    intro = _require(state_dict, NAFNET_SIGNATURE, "ConditionalNAFNet")
+    ending = _require(state_dict, "ending.weight", "ConditionalNAFNet")
+    n_down = len(_indices(state_dict, r"downs\.(\d+)\.weight"))
+    n_up = len(_indices(state_dict, r"ups\.(\d+)\.0\.weight"))
+    return {
+        "img_channel": int(ending.shape[0]),
+        "width": int(intro.shape[0]),
+        "middle_blk_num": len(_indices(state_dict, r"middle_blks\.(\d+)\.")),
+        "enc_blk_nums": _blocks_per_stage(state_dict, "encoders", n_down),
+        "dec_blk_nums": _blocks_per_stage(state_dict, "decoders", n_up),
+    }
+
+
+def build_from_state_dict(state_dict: StateDict) -> nn.Module:
+    """A ConditionalUNet or ConditionalNAFNet shaped like ``state_dict`` (weights not loaded)."""
+    if UNET_SIGNATURE in state_dict:
+        if "mid_attn.fn.fn.to_out.weight" in state_dict:
+            raise ValueError(
+                "this is the unconditional UNet of the official denoising-sde code (full attention in the "
+                "middle, forward(x, t)); only the conditional networks are supported"
+            )
+        return ConditionalUNet(**infer_unet_config(state_dict))
+    if NAFNET_SIGNATURE in state_dict:
+        return ConditionalNAFNet(**infer_nafnet_config(state_dict))
+    raise ValueError(
+        f"neither a ConditionalUNet ('{UNET_SIGNATURE}') nor a ConditionalNAFNet ('{NAFNET_SIGNATURE}'); "
+        f"{len(state_dict)} tensors, keys start {list(state_dict)[:5]}"
+    )
+
+
+def load_network(path: str | os.PathLike, map_location: Any = "cpu", *, trusted: bool = False) -> nn.Module:
+    """The IR-SDE network in ``path`` (official release or suite checkpoint), loaded strictly, in eval mode.
+
+    Raises :class:`IRSDEWeightsError` (a ValueError) naming the file when it holds no IR-SDE network or when
+    its tensors do not fit the architecture inferred from it.
+    """
+    state_dict = load_state_dict_any(path, map_location, trusted=trusted)
+    try:
+        net = build_from_state_dict(state_dict)
+    except ValueError as err:
+        raise IRSDEWeightsError(f"{path}: not IR-SDE network weights: {err}") from err
+
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise IRSDEWeightsError(
+            f"{path}: the weights do not fit a {type(net).__name__} with the shapes inferred from them: "
+            f"{len(missing)} missing (e.g. {missing[:4]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}), "
+            f"{len(wrong_shape)} of another shape (e.g. {wrong_shape[:4]})"
+        )
+    net.load_state_dict(state_dict, strict=True)
+    if isinstance(map_location, (str, torch.device)):
+        net.to(map_location)
+    return net.eval()
