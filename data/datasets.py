@@ -63,8 +63,6 @@ class PairedImageDataset(Dataset):
         self.transform = paired_train_transform(patch_size, scale=scale, flips=flips, rot90=rot90)
         # The training transform for GT-only samples: the LQ is derived after the crop, so no LR-aware crop.
         self.gt_transform = paired_train_transform(patch_size, scale=1, flips=flips, rot90=rot90)
-        self._rng = np.random.default_rng()
-        self._seeded_from: int | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -75,17 +73,12 @@ class PairedImageDataset(Dataset):
         pair = self.pairs[index]
         return read_float(pair.gt), (read_float(pair.lq) if pair.lq is not None else None), pair.name
 
-    def _reseed(self) -> None:
-        # torch.initial_seed() is distinct in each DataLoader worker and changes every epoch unless workers
-        # are persistent (their generators then simply run on). albumentations' generator would otherwise be
-        # copied identically into every worker.
-        source = torch.initial_seed()
-        if source != self._seeded_from:
-            self._seeded_from = source
-            seed = source % 2**32
-            self.transform.set_random_seed(seed)
-            self.gt_transform.set_random_seed(seed + 1)
-            self._rng = np.random.default_rng(seed)
+    @staticmethod
+    def _draw_seed() -> int:
+        # Every training sample draws its seed from torch's global generator: it differs per DataLoader worker
+        # (torch seeds each worker differently), follows seed_everything, and is saved in checkpoints and
+        # restored on resume, so a resumed run sees the same patches as an uninterrupted one.
+        return int(torch.randint(0, 2**31 - 1, ()).item())
 
     # -- one item ------------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, object]:
@@ -93,9 +86,9 @@ class PairedImageDataset(Dataset):
         if self.gt_size is not None and gt.shape[:2] != self.gt_size:
             gt = np.clip(imresize(gt, size=self.gt_size), 0.0, 1.0)
         if self.train:
-            self._reseed()
-            seed = int(self._rng.integers(0, 2**31 - 1))
+            seed = self._draw_seed()
             transform = self.transform if lq is not None else self.gt_transform
+            transform.set_random_seed(seed)
             out = transform(gt, lq, name=name)
             gt, lq = out["gt"], out["lq"]
         else:
