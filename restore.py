@@ -11,6 +11,7 @@ across tiles). Options: sampler=, steps=, seed=, device=, precision=bf16.
 from __future__ import annotations
 
 import sys
+import zlib
 from pathlib import Path
 
 from core.cli import parse_overrides, user_errors
@@ -54,9 +55,11 @@ def main(argv: list[str]) -> list[Path]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.get("precision") == "bf16")
     out_dir = Path(args["output"])
     written = []
-    for i, path in enumerate(tqdm(files, desc="restoring", disable=not args.get("progress", True))):
+    for path in tqdm(files, desc="restoring", disable=not args.get("progress", True)):
         lq = to_tensor(read_image(path))[None].to(device)
-        generator = torch.Generator(device=device).manual_seed(int(args.get("seed", 0)) + i)
+        # seeded by the file name: an image restores the same alone or within a folder
+        seed = int(args.get("seed", 0)) + zlib.crc32(path.name.encode())
+        generator = torch.Generator(device=device).manual_seed(seed)
         with autocast:
             restored = module.restore(lq, generator=generator, **options).float()
         target = out_dir / f"{path.stem}.png"

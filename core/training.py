@@ -109,7 +109,9 @@ class RestorationModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         lq, gt = self.to_memory_format(batch["lq"]), batch["gt"]
-        restored = self.restore(lq, **self.val_options).float().clamp(0, 1)
+        # seeded by the image index: every validation (and every DDP layout) sees the same sampler noise
+        generator = torch.Generator(device=lq.device).manual_seed(int(batch["index"][0]))
+        restored = self.restore(lq, generator=generator, **self.val_options).float().clamp(0, 1)
         self.val_metrics.update(restored, gt.float(), batch["index"])
         if self.trainer.is_global_zero and len(self._panels) < self.val_panels:
             from core.evaluation import tensor_to_images
@@ -134,7 +136,7 @@ class RestorationModule(L.LightningModule):
         checkpoint["config"] = self.run_config
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state_to_plain(np.random.get_state()),
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -143,7 +145,18 @@ class RestorationModule(L.LightningModule):
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            np.random.set_state(_numpy_state_from_plain(rng["numpy"]))
             random.setstate(rng["python"])
             if rng.get("cuda") and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# numpy's RNG state holds an ndarray, which Lightning's weights_only checkpoint loading refuses: store a tensor.
+def _numpy_state_to_plain(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state_from_plain(state: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = state
+    return name, keys.numpy().astype(np.uint32), pos, has_gauss, cached

@@ -31,6 +31,7 @@ from data.layouts import (
     rain100h_pairs,
     single_folder,
 )
+from data.samplers import EpochSeededSampler
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,12 @@ class PairedDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         workers = self.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        sampler = EpochSeededSampler(len(dataset)) if train else None
+        # A private generator for the loader's own seed draws (one per iterator): they would otherwise consume
+        # torch's global RNG, whose state the checkpoint restores for the training noise.
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                          generator=torch.Generator().manual_seed(torch.initial_seed() % 2**63))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

@@ -75,18 +75,18 @@ class PairedImageDataset(Dataset):
 
     @staticmethod
     def _draw_seed() -> int:
-        # Every training sample draws its seed from torch's global generator: it differs per DataLoader worker
-        # (torch seeds each worker differently), follows seed_everything, and is saved in checkpoints and
-        # restored on resume, so a resumed run sees the same patches as an uninterrupted one.
+        # Without an EpochSeededSampler: torch's global generator (distinct per DataLoader worker).
         return int(torch.randint(0, 2**31 - 1, ()).item())
 
     # -- one item ------------------------------------------------------------------------------------------
-    def __getitem__(self, index: int) -> dict[str, object]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, object]:
+        # key: an index, or (index, sample_seed) from data.samplers.EpochSeededSampler (resume-exact training)
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
         gt, lq, name = self.load(index)
         if self.gt_size is not None and gt.shape[:2] != self.gt_size:
             gt = np.clip(imresize(gt, size=self.gt_size), 0.0, 1.0)
         if self.train:
-            seed = self._draw_seed()
+            seed = self._draw_seed() if sample_seed is None else int(sample_seed)
             transform = self.transform if lq is not None else self.gt_transform
             transform.set_random_seed(seed)
             out = transform(gt, lq, name=name)

@@ -8,13 +8,16 @@ from torch import nn
 from core.training import RestorationModule
 from irsde import samplers
 from irsde.losses import LOSSES
-from irsde.sde import IRSDE
+from irsde.sde import IRSDE, DenoisingIRSDE
+
+SDE_KINDS = {"irsde": IRSDE, "denoising": DenoisingIRSDE}
 
 
 class IRSDEModule(RestorationModule):
     """IR-SDE (Luo et al., ICML 2023).
 
-    net: a conditional noise network `net(x_t, mu, t)`; sde: IRSDE kwargs (max_sigma, T, schedule, eps);
+    net: a conditional noise network `net(x_t, mu, t)`; sde: IRSDE kwargs (max_sigma, T, schedule, eps) and
+    `kind` = "irsde" (default) or "denoising" (section 4.3: mu is the clean image, the noisy input is x_{t*});
     loss: "matching" (paper eq. 15, official) or "noise" (eq. 10); sampler: default test-time options
     (`name` in irsde.samplers.SAMPLERS, `steps`, and `sigma` for the denoising samplers).
     """
@@ -22,7 +25,11 @@ class IRSDEModule(RestorationModule):
     def __init__(self, net: nn.Module, sde: dict, loss: str = "matching", sampler: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.net = net
-        self.sde = IRSDE(**dict(sde))
+        sde = dict(sde)
+        kind = sde.pop("kind", "irsde")
+        if kind not in SDE_KINDS:
+            raise ValueError(f"model.sde.kind={kind!r} is not one of {sorted(SDE_KINDS)}")
+        self.sde = SDE_KINDS[kind](**sde)
         if loss not in LOSSES:
             raise ValueError(f"model.loss={loss!r} is not one of {sorted(LOSSES)}")
         self.loss_name = loss
@@ -60,7 +67,27 @@ class IRSDEModule(RestorationModule):
 
     def nfe(self, **options) -> int:
         opts = self._options(options)
-        return int(opts.get("steps") or self.sde.T)
+        steps = int(opts.get("steps") or self.sde.T)
+        if opts["name"].startswith("denoise"):  # starts at t*(sigma), never more steps than that
+            return min(steps, self.sde.optimal_timestep(opts["sigma"]))
+        return steps
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.net.parameters()) / 1e6
+        return f"{type(self.net).__name__}, {params:.2f} M params, {'EMA' if self.use_ema else 'raw'} weights"
+
+    def sampler_summary(self, **options) -> dict:
+        opts = self._options(options)
+        return {"name": opts["name"], "steps": self.nfe(**options), "T": self.sde.T}
+
+    def load_release_weights(self, path) -> None:
+        """Official IR-SDE release weights (a ConditionalUNet/NAFNet state dict) replace net and EMA net."""
+        from core.ema import make_ema_copy
+        from irsde.official import load_network
+
+        self.net = load_network(path)
+        if self.use_ema:
+            self.ema_net = make_ema_copy(self.net)
 
 
 def _tiled(net: nn.Module, tile: int, overlap: int):

@@ -1,0 +1,126 @@
+"""train.py -> evaluate.py -> restore.py on tiny data, exact resume, NaN stop, and clear CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.io import read_image, write_image
+from tests.integration.conftest import run_cli, tiny_config
+
+
+def test_training_writes_checkpoints_with_config(trained_run):
+    ckpts = sorted((trained_run / "checkpoints").glob("*.ckpt"))
+    names = [p.name for p in ckpts]
+    assert "last.ckpt" in names and any(n.startswith("best-step0000002") for n in names)
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert ckpt["config"]["model"]["net"]["nf"] == 8
+    assert any(k.startswith("ema_net.") for k in ckpt["state_dict"])
+    assert (trained_run / "panels").is_dir() and list((trained_run / "panels").glob("*.png"))
+
+
+def test_evaluate_checkpoint(trained_run, tmp_path):
+    import evaluate
+
+    out = tmp_path / "eval"
+    summary = evaluate.main([f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", f"out={out}", "steps=3",
+                             "progress=false"])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_images"] == 5 and saved["nfe"] == 3
+    for key in ("psnr", "ssim", "psnr_input", "seconds_per_image"):
+        assert np.isfinite(saved[key]) and saved[key] == pytest.approx(summary[key])
+    assert len(list((out / "images").glob("*.png"))) == 5
+    assert (out / "per_image.csv").read_text().count("\n") == 6
+    assert read_image(out / "preview.png").shape[1] == 3 * 32 + 2 * 4
+
+
+def test_restore_folder_any_size_with_tiles(trained_run, tmp_path):
+    import restore
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    write_image(src / "odd.png", rng.integers(0, 256, (37, 45, 3), dtype=np.uint8))
+    write_image(src / "gray.png", rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)[:, :, 0])
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    written = restore.main([f"ckpt={ckpt}", f"input={src}", f"output={tmp_path / 'out'}", "steps=2",
+                            "progress=false"])
+    assert sorted(p.name for p in written) == ["gray.png", "odd.png"]
+    assert read_image(tmp_path / "out" / "odd.png").shape == (37, 45, 3)
+    whole = read_image(tmp_path / "out" / "odd.png")
+    restore.main([f"ckpt={ckpt}", f"input={src / 'odd.png'}", f"output={tmp_path / 'tiled'}", "steps=2",
+                  "tile=16", "overlap=8", "progress=false"])
+    assert read_image(tmp_path / "tiled" / "odd.png").shape == whole.shape
+    # a tile as large as the image is one network call per step: the same seed gives the same pixels
+    restore.main([f"ckpt={ckpt}", f"input={src / 'odd.png'}", f"output={tmp_path / 'one_tile'}", "steps=2",
+                  "tile=64", "progress=false"])
+    np.testing.assert_array_equal(read_image(tmp_path / "one_tile" / "odd.png"), whole)
+
+
+def test_resume_is_exact(trained_run, tmp_path):
+    """Resuming from the step-2 checkpoint reaches the same weights, optimizer and EMA as the uninterrupted run."""
+    from train import train
+
+    step2 = next((trained_run / "checkpoints").glob("best-step0000002*.ckpt"))
+    out = tmp_path / "resumed"
+    train(tiny_config(out, f"ckpt_path={step2}"))
+    a = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    b = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert b["global_step"] == a["global_step"] == 4
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    state_a = a["optimizer_states"][0]["state"]
+    state_b = b["optimizer_states"][0]["state"]
+    for idx in state_a:
+        torch.testing.assert_close(state_b[idx]["exp_avg"], state_a[idx]["exp_avg"], rtol=0, atol=0)
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from core.training import NonFiniteLossError
+    from irsde import losses
+    from train import train
+
+    real = losses.LOSSES["matching"]
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setitem(losses.LOSSES, "matching", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train(tiny_config(tmp_path, "trainer.max_steps=10"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    result = run_cli("evaluate.py", f"ckpt={tmp_path / 'missing.ckpt'}")
+    assert result.returncode == 2
+    assert "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("restore.py", "ckpt=x.ckpt", "input=nowhere", "output=o")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_score_existing_folders(tmp_path):
+    import evaluate
+    from core.metrics import calculate_psnr, calculate_ssim
+
+    rng = np.random.default_rng(1)
+    gts = [rng.integers(0, 256, (24, 28, 3), dtype=np.uint8) for _ in range(2)]
+    outs = [np.clip(g.astype(int) + rng.integers(-9, 10, g.shape), 0, 255).astype(np.uint8) for g in gts]
+    for i, (g, o) in enumerate(zip(gts, outs)):
+        write_image(tmp_path / "gt" / f"im{i}.png", g)
+        write_image(tmp_path / "restored" / f"im{i}.png", o)
+    evaluate.main([f"restored={tmp_path / 'restored'}", f"gt={tmp_path / 'gt'}", "convention=y", "crop_border=2",
+                   f"out={tmp_path / 'scores'}", "perceptual=false"])
+    saved = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    expected = np.mean([calculate_psnr(o, g, 2, True) for o, g in zip(outs, gts)])
+    assert saved["psnr"] == pytest.approx(expected, abs=1e-9)
+    assert saved["ssim"] == pytest.approx(np.mean([calculate_ssim(o, g, 2, True) for o, g in zip(outs, gts)]))
