@@ -57,12 +57,9 @@ class IRSDEModule(RestorationModule):
         tile, overlap = opts.pop("tile", None), int(opts.pop("overlap", 32))
         if tile:  # tile every network evaluation; the sampler state stays whole, so noise is seamless
             model = _tiled(model, int(tile), overlap)
-        if name.startswith("denoise"):
-            out = samplers.restore(name, self.sde, model, noisy=lq, sigma=opts.pop("sigma"), steps=opts.get("steps"),
-                                   generator=generator, progress=progress)
-        else:
-            out = samplers.restore(name, self.sde, model, lq, steps=opts.get("steps"), generator=generator,
-                                   progress=progress)
+        extra = {"sigma": opts["sigma"]} if name.startswith("denoise") else {}  # lq is the noisy image there
+        out = samplers.restore(name, self.sde, model, lq, steps=opts.get("steps"), generator=generator,
+                               progress=progress, **extra)
         return out.clamp(0, 1)
 
     def nfe(self, **options) -> int:
