@@ -124,3 +124,19 @@ def test_score_existing_folders(tmp_path):
     expected = np.mean([calculate_psnr(o, g, 2, True) for o, g in zip(outs, gts)])
     assert saved["psnr"] == pytest.approx(expected, abs=1e-9)
     assert saved["ssim"] == pytest.approx(np.mean([calculate_ssim(o, g, 2, True) for o, g in zip(outs, gts)]))
+
+
+def test_evaluate_official_release_weights(tmp_path):
+    """A plain official-style state dict (module. prefixes, no config) evaluates through an experiment config."""
+    import evaluate
+    from irsde.nets.unet import ConditionalUNet
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(nf=8, depth=2)
+    weights = tmp_path / "lastest_EMA.pth"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, weights)
+    out = tmp_path / "eval"
+    summary = evaluate.main([f"weights={weights}", "experiment=irsde_demo", "data.image_size=32", "data.patch_size=32",
+                             "steps=2", "max_images=2", f"out={out}", "progress=false"])
+    assert summary["n_images"] == 2 and summary["nfe"] == 2
+    assert "release weights" in summary["model"]
