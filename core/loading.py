@@ -42,7 +42,10 @@ def module_from_checkpoint(path: str | Path, overrides: DictConfig | None = None
     if overrides is not None:
         cfg = apply_overrides(cfg, overrides)
     module = build_module(cfg)
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    state = dict(ckpt["state_dict"])
+    if not any(k.startswith("net.") for k in state):  # an exported inference checkpoint keeps only the EMA
+        state.update({"net." + k[len("ema_net."):]: v for k, v in state.items() if k.startswith("ema_net.")})
+    missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the stored config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
