@@ -10,6 +10,7 @@ Subclasses implement `training_loss(batch)` and `restore(lq, **options)`.
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import lightning as L
@@ -21,6 +22,11 @@ from core.ema import ema_update, make_ema_copy
 from core.errors import UserError
 from core.loggers import log_panels, make_panel
 from core.metrics import ImageMetrics
+
+# Expected, not actionable: the EMA copy is kept in eval mode, and validation metrics are already reduced across
+# ranks by ImageMetrics (so self.log must not average them again).
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
 
 
 class NonFiniteLossError(UserError):
