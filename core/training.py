@@ -39,7 +39,7 @@ class RestorationModule(L.LightningModule):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.ema_cfg = {"decay": 0.999, "every": 1, "start": 0, **(ema or {})}
+        self.ema_cfg = {"decay": 0.999, "every": 1, "start": 0, "warmup": False, **(ema or {})}
         self.use_ema = self.ema_cfg["decay"] is not None and self.ema_cfg["decay"] > 0
         self.val_options = dict(val_options or {})
         self.channels_last = channels_last
@@ -94,8 +94,16 @@ class RestorationModule(L.LightningModule):
             return
         step = self.global_step
         if step % self.ema_cfg["every"] == 0:
-            decay = 0.0 if step <= self.ema_cfg["start"] else self.ema_cfg["decay"]
-            ema_update(self.ema_net, self.net, decay)
+            ema_update(self.ema_net, self.net, self.ema_decay(step))
+
+    def ema_decay(self, step: int) -> float:
+        """The configured decay; 0 (copy) until `start`; with `warmup` at most (1 + n) / (10 + n) after n steps,
+        so that early EMA weights are not dominated by the random initialisation."""
+        n = step - self.ema_cfg["start"]
+        if n <= 0:
+            return 0.0
+        decay = float(self.ema_cfg["decay"])
+        return min(decay, (1 + n) / (10 + n)) if self.ema_cfg["warmup"] else decay
 
     def configure_optimizers(self):
         params = [p for net in self.trainable_networks() for p in net.parameters() if p.requires_grad]

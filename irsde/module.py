@@ -58,6 +58,8 @@ class IRSDEModule(RestorationModule):
         if tile:  # tile every network evaluation; the sampler state stays whole, so noise is seamless
             model = _tiled(model, int(tile), overlap)
         extra = {"sigma": opts["sigma"]} if name.startswith("denoise") else {}  # lq is the noisy image there
+        if opts.get("clip_x0") and name == "posterior":
+            extra["clip_x0"] = tuple(opts["clip_x0"])
         out = samplers.restore(name, self.sde, model, lq, steps=opts.get("steps"), generator=generator,
                                progress=progress, **extra)
         return out.clamp(0, 1)

@@ -109,15 +109,21 @@ def reverse_posterior(
     progress: bool = False,
     callback: Callback | None = None,
     stochastic: bool = True,
+    clip_x0: tuple[float, float] | None = None,
 ) -> Tensor:
     """x_s = E[x_s | x_t, x0_hat] (+ posterior std * z if ``stochastic``), x0_hat from the predicted noise.
 
     Official reverse_posterior. The last step (s = 0) has zero posterior variance and returns x0_hat itself.
+    ``clip_x0=(lo, hi)`` clamps x0_hat (not in the official code, off by default): recovering x0 from the noise
+    divides by e^{-u_t} (about 1/eps at t = T), so an imperfect network's errors are amplified; clamping to the
+    image range keeps an under-trained model's trajectory bounded (the clip_denoised of DDPM samplers).
     """
     x = _start(sde, mu, x_T, generator)
     for i, (t, s) in enumerate(_intervals(sde.T, steps, progress, "IR-SDE posterior")):
         noise = model(x, sde.model_condition(x, mu), _batch_time(t, x))
         x0_hat = sde.x0_from_noise(x, noise, mu, t)
+        if clip_x0 is not None:
+            x0_hat = x0_hat.clamp(*clip_x0)
         mean = sde.reverse_optimum_step(x, x0_hat, mu, t, s)
         x = mean + sde.reverse_optimum_std(t, s) * randn_like(x, generator) if stochastic else mean
         if callback is not None:
