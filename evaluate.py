@@ -101,7 +101,8 @@ def evaluate_model(args) -> dict:
         generator = torch.Generator(device=device).manual_seed(seed + int(batch["index"][0]))
         start = time.perf_counter()
         with autocast:
-            restored = module.restore(lq, generator=generator, **options).float()
+            restored = module.restore(lq, generator=generator, **module.restore_extras(batch, device),
+                                      **options).float()
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / lq.shape[0]

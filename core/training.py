@@ -121,11 +121,19 @@ class RestorationModule(L.LightningModule):
         """Network evaluations per restored image with these options."""
         return 1
 
+    #: batch keys besides "lq" that restore() takes (e.g. DiffIR stage 1: "gt"; inpainting: "mask")
+    restore_inputs: tuple[str, ...] = ()
+
+    def restore_extras(self, batch: dict, device: torch.device | None = None) -> dict:
+        return {k: (batch[k].to(device) if device is not None else batch[k])
+                for k in self.restore_inputs if k in batch}
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         lq, gt = self.to_memory_format(batch["lq"]), batch["gt"]
         # seeded by the image index: every validation (and every DDP layout) sees the same sampler noise
         generator = torch.Generator(device=lq.device).manual_seed(int(batch["index"][0]))
-        restored = self.restore(lq, generator=generator, **self.val_options).float().clamp(0, 1)
+        restored = self.restore(lq, generator=generator, **self.restore_extras(batch), **self.val_options)
+        restored = restored.float().clamp(0, 1)
         self.val_metrics.update(restored, gt.float(), batch["index"])
         if self.trainer.is_global_zero and len(self._panels) < self.val_panels:
             from core.evaluation import tensor_to_images
