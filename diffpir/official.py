@@ -1,0 +1,361 @@
+"""Loading DiffPIR's diffusion prior: guided-diffusion release files and the suite's own checkpoints.
+
+Release files (``ffhq_10m.pt``, ``256x256_diffusion_uncond.pt``, guided-diffusion's ``ema_*.pt``) are plain
+state dicts of ``UNetModel``; our :class:`~diffpir.prior.unet.GuidedUNet` uses the same names, so the key
+mapping is the identity (after DataParallel's ``module.``). Suite Lightning checkpoints keep the network under
+``net.`` and its EMA copy under ``ema_net.`` (the EMA copy is loaded when present) and store the run config.
+
+Release files hold no constructor arguments. :func:`infer_config` reads everything that shapes the weights off
+the tensors; the rest cannot be seen in them (the attention head split, the q/k/v channel order, dropout, the
+nominal image size) and defaults to the released unconditional priors' values, unless a preset or the
+config stored in a suite checkpoint gives them.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import CheckpointError
+from diffpir.prior.unet import PRESETS, GuidedUNet
+
+StateDict = dict[str, torch.Tensor]
+
+SIGNATURE = "input_blocks.0.0.weight"
+# EMA copies first: they are what gets evaluated.
+NETWORK_PREFIXES = ("ema_net.", "net_ema.", "ema.module.", "net.")
+CONTAINERS = ("state_dict", "params_ema", "params", "model")
+# Signatures of the suite's other networks, to say what a wrong file is.
+FOREIGN_NETWORKS = {
+    "init_conv.weight": "an IR-SDE network (ConditionalUNet)",
+    "intro.weight": "an IR-SDE network (ConditionalNAFNet)",
+    "G.patch_embed.proj.weight": "a DiffIR network",
+}
+# What the weights cannot tell, as in the released unconditional priors (all use 64-channel heads).
+UNSEEN_DEFAULTS: dict[str, Any] = {
+    "image_size": 256, "dropout": 0.0, "num_heads": 4, "num_head_channels": 64, "num_heads_upsample": -1,
+    "use_new_attention_order": False,
+}
+SHAPE_FIELDS = ("in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
+                "channel_mult", "use_scale_shift_norm", "resblock_updown")
+
+
+class PriorWeightsError(CheckpointError, ValueError):
+    """A file that cannot be read as a guided-diffusion prior (a ValueError and a suite CheckpointError)."""
+
+
+def _safe_globals() -> list[Any]:
+    """Data-only types a suite checkpoint may pickle (configs, numpy RNG state); weights_only stays on."""
+    import numpy as np
+
+    allowed: list[Any] = [typing.Any, dict, list, tuple, set, int, float, str, bool,
+                          collections.defaultdict, collections.OrderedDict]
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed += [np.ndarray, np.dtype, _reconstruct]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes as these classes
+    if dtypes is not None:
+        allowed += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
+    try:
+        from omegaconf import DictConfig, ListConfig, base, nodes
+    except ImportError:
+        return allowed
+    allowed += [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata]
+    allowed += [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
+                nodes.BytesNode, nodes.PathNode]
+    return allowed
+
+
+def _load_weights_only(path: Path, map_location: Any) -> Any:
+    with torch.serialization.safe_globals(_safe_globals()):
+        try:
+            # Memory-mapped: the 2.2 GB ImageNet file is then read once into the model, not held twice.
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
+
+
+def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
+    if not path.is_file():
+        raise PriorWeightsError(f"{path}: no such weights file")
+    try:
+        return _load_weights_only(path, map_location)
+    except pickle.UnpicklingError as err:
+        if not trusted:
+            raise PriorWeightsError(
+                f"{path}: holds pickled Python objects beyond tensors and configs ({str(err)[:200]}); "
+                "if you trust the file, load it with trusted=True"
+            ) from err
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise PriorWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise PriorWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
+
+
+def _tensor_dict(obj: Any) -> StateDict | None:
+    """The string-keyed tensor entries of a dict (bookkeeping values dropped), or None without any."""
+    if not isinstance(obj, Mapping):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return tensors or None
+
+
+def _strip_module(state_dict: StateDict) -> StateDict:
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def _networks_in(state_dict: StateDict) -> list[StateDict]:
+    """The candidate networks of a flat tensor dict: under each known prefix (EMA first), then as is."""
+    found = []
+    for prefix in NETWORK_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if sub:
+            found.append(_strip_module(sub))
+    found.append(_strip_module(state_dict))
+    return found
+
+
+def _describe_foreign(state_dict: StateDict) -> str | None:
+    for key, what in FOREIGN_NETWORKS.items():
+        if key in state_dict:
+            return what
+    return None
+
+
+def extract_state_dict(raw: Any, path: str | os.PathLike) -> StateDict:
+    """The guided-diffusion UNet state dict in a loaded file (EMA copy preferred), with official key names."""
+    if not isinstance(raw, Mapping):
+        raise PriorWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
+    tensor_dicts = [d for d in (_tensor_dict(raw.get(c)) for c in CONTAINERS) if d is not None]
+    if (top := _tensor_dict(raw)) is not None:
+        tensor_dicts.append(top)
+    candidates = [net for d in tensor_dicts for net in _networks_in(d)]
+    for candidate in candidates:
+        if SIGNATURE in candidate:
+            return candidate
+    for candidate in candidates:
+        if (what := _describe_foreign(candidate)) is not None:
+            raise PriorWeightsError(
+                f"{path}: this looks like {what}, not a guided-diffusion UNet; DiffPIR needs an "
+                "unconditional diffusion prior (e.g. ffhq_10m.pt or 256x256_diffusion_uncond.pt, or a suite "
+                "DDPM prior checkpoint)"
+            )
+    sample = list(candidates[0])[:4] if candidates else sorted(map(str, raw))[:6]
+    raise PriorWeightsError(
+        f"{path}: not a guided-diffusion UNet (no '{SIGNATURE}'; keys start {sample}); DiffPIR needs an "
+        "unconditional diffusion prior such as ffhq_10m.pt or 256x256_diffusion_uncond.pt"
+    )
+
+
+def unet_kwargs_in_config(config: Any) -> dict[str, Any] | None:
+    """The GuidedUNet keyword arguments in a stored run config: the first node targeting GuidedUNet."""
+    if isinstance(config, Mapping):
+        if str(config.get("_target_", "")).endswith("GuidedUNet"):
+            return {str(k): v for k, v in config.items() if k not in ("_target_", "_partial_")}
+        children = config.values()
+    elif isinstance(config, Sequence) and not isinstance(config, (str, bytes)):  # lists, ListConfig
+        children = config
+    else:
+        return None
+    for child in children:
+        found = unet_kwargs_in_config(child)
+        if found is not None:
+            return found
+    return None
+
+
+def _indices(state_dict: StateDict, pattern: str) -> list[int]:
+    """Sorted distinct integers captured by ``pattern`` (a regex with one group) over the keys."""
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for key in state_dict if (m := regex.match(key))})
+
+
+def _require(state_dict: StateDict, key: str) -> torch.Tensor:
+    if key not in state_dict:
+        raise ValueError(f"not a guided-diffusion UNet: no '{key}' (keys start {list(state_dict)[:4]})")
+    return state_dict[key]
+
+
+def _as_number(ratio: float) -> float | int:
+    return int(ratio) if float(ratio).is_integer() else ratio
+
+
+def _normalise(field: str, value: Any) -> Any:
+    if field in ("attention_resolutions", "channel_mult"):
+        return tuple(_as_number(v) for v in value)
+    return value
+
+
+def infer_config(
+    state_dict: Mapping[str, torch.Tensor], hints: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """GuidedUNet keyword arguments for ``state_dict``, read off its keys and tensor shapes.
+
+    Inferred: in/out channels, model_channels, channel_mult, num_res_blocks, the downsampling factors with
+    attention, use_scale_shift_norm, resblock_updown. The fields the weights do not determine (image_size,
+    dropout, the head split, use_new_attention_order) come from ``hints`` (a preset or a stored config), else
+    from :data:`UNSEEN_DEFAULTS` (the released priors' values; without hints, attention widths that are not
+    multiples of 64 fall back to 4 heads). A shape field in ``hints`` that contradicts the weights raises
+    ValueError.
+    """
+    sd = _strip_module(dict(state_dict))
+    if "label_emb.weight" in sd:
+        raise ValueError("a class-conditional guided-diffusion model (label_emb); DiffPIR needs an "
+                         "unconditional one")
+    stem = _require(sd, SIGNATURE)
+    model_channels = int(_require(sd, "time_embed.0.weight").shape[1])
+    out_channels = int(_require(sd, "out.2.weight").shape[0])
+    n_out = len(_indices(sd, r"output_blocks\.(\d+)\."))
+    if not n_out:
+        raise ValueError("no output_blocks: this looks like guided-diffusion's noisy-image classifier")
+
+    # The decoder closes every level but the finest with an upsampling layer after its first ResBlock
+    # (an up-ResBlock, or an Upsample holding a `conv`); their spacing gives num_res_blocks + 1.
+    up_ress = _indices(sd, r"output_blocks\.(\d+)\.[1-9]\d*\.in_layers\.")
+    up_convs = _indices(sd, r"output_blocks\.(\d+)\.[1-9]\d*\.conv\.weight")
+    if up_ress and up_convs:
+        raise ValueError("the decoder mixes ResBlock and convolution upsampling")
+    ups = up_ress or up_convs
+    period = ups[0] + 1 if ups else n_out
+    levels = n_out // period
+    if n_out % period or ups != [period * (i + 1) - 1 for i in range(levels - 1)]:
+        raise ValueError(f"{n_out} decoder blocks with upsampling in blocks {ups}: not a UNetModel layout")
+
+    channel_mult, attention = [], []
+    for k in range(0, n_out, period):
+        level = levels - 1 - k // period
+        width = int(_require(sd, f"output_blocks.{k}.0.out_layers.3.weight").shape[0])
+        channel_mult.append(_as_number(width / model_channels))
+        if f"output_blocks.{k}.1.qkv.weight" in sd:
+            attention.append(2**level)
+    emb_width = int(_require(sd, "output_blocks.0.0.emb_layers.1.weight").shape[0])
+    top_width = int(sd["output_blocks.0.0.out_layers.3.weight"].shape[0])
+
+    config: dict[str, Any] = {
+        "in_channels": int(stem.shape[1]),
+        "model_channels": model_channels,
+        "out_channels": out_channels,
+        "num_res_blocks": period - 1,
+        "attention_resolutions": tuple(sorted(attention)),
+        "channel_mult": tuple(reversed(channel_mult)),
+        "use_scale_shift_norm": emb_width == 2 * top_width,
+        "resblock_updown": bool(up_ress),
+    }
+    hints = dict(hints or {})
+    learn_sigma = hints.pop("learn_sigma", None)
+    if "out_channels" in hints and hints["out_channels"] is None:  # the constructor derives it
+        hints["out_channels"] = config["in_channels"] * (1 if learn_sigma is False else 2)
+    reachable = {2**level for level in range(levels)}
+    for field in SHAPE_FIELDS:
+        if field not in hints:
+            continue
+        given = _normalise(field, hints.pop(field))
+        if field == "attention_resolutions":  # factors beyond the deepest level have no effect
+            given = tuple(sorted(a for a in given if a in reachable))
+        if field == "resblock_updown" and levels == 1:  # no resampling at all: either value fits
+            config[field] = given
+        elif given != config[field]:
+            raise ValueError(f"the config says {field}={given} but the weights have {config[field]}")
+
+    unseen = dict(UNSEEN_DEFAULTS)
+    widths = [int(sd[k].shape[1]) for k in sd if k.endswith(".qkv.weight")]
+    if "num_head_channels" not in hints and "num_heads" not in hints and any(w % 64 for w in widths):
+        unseen["num_head_channels"] = -1
+    unknown = set(hints) - set(unseen)
+    if unknown:
+        raise ValueError(f"unknown GuidedUNet arguments in the config: {sorted(unknown)}")
+    unseen.update(hints)
+    return {**config, **unseen}
+
+
+def _preset_kwargs(preset: str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(preset, Mapping):
+        return dict(preset)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown prior preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return dict(PRESETS[preset])
+
+
+def build_prior(
+    state_dict: StateDict, config: Mapping[str, Any], device: torch.device | str = "cpu"
+) -> GuidedUNet:
+    """A GuidedUNet of ``config`` holding ``state_dict`` (loaded strictly), in eval mode.
+
+    The network is created on the meta device and materialised empty before the copy, which skips the random
+    initialisation (seconds for the 552 M-parameter model). GuidedUNet has no buffers, so the state dict
+    covers every tensor.
+    """
+    with torch.device("meta"):
+        net = GuidedUNet(**config)
+    net = net.to_empty(device=device)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})"
+        )
+    net.load_state_dict(state_dict, strict=True)
+    return net.eval()
+
+
+def load_prior(
+    path: str | os.PathLike,
+    preset: str | Mapping[str, Any] | None = None,
+    map_location: Any = "cpu",
+    *,
+    trusted: bool = False,
+) -> GuidedUNet:
+    """The diffusion prior in ``path`` as a GuidedUNet in eval mode, called as ``net(x_t, t)``.
+
+    ``path``: a guided-diffusion state dict or a suite checkpoint (``ema_net.`` preferred over ``net.``).
+    ``preset``: a name in :data:`~diffpir.prior.unet.PRESETS` or a dict of GuidedUNet arguments; without it
+    the configuration is inferred from the weights (:func:`infer_config`), completed by the GuidedUNet
+    arguments in a suite checkpoint's stored config. Files are read with ``weights_only=True``;
+    ``trusted=True`` allows full unpickling. Raises :class:`PriorWeightsError` naming the file when it holds
+    no guided-diffusion UNet or the weights do not fit.
+    """
+    path = Path(path)
+    raw = _torch_load(path, map_location, trusted)
+    state_dict = extract_state_dict(raw, path)
+    try:
+        if preset is not None:
+            config = _preset_kwargs(preset)
+        else:
+            stored = raw.get("config") if isinstance(raw, Mapping) else None
+            config = infer_config(state_dict, unet_kwargs_in_config(stored))
+    except ValueError as err:
+        raise PriorWeightsError(f"{path}: {err}") from err
+
+    on_device = isinstance(map_location, (str, torch.device))
+    device = torch.device(map_location) if on_device else torch.device("cpu")
+    try:
+        return build_prior(state_dict, config, device)
+    except ValueError as err:
+        if preset is None:
+            source = "the configuration inferred from them"
+        else:
+            source = f"preset {preset!r}" if isinstance(preset, str) else "the given arguments"
+        message = f"{path}: the weights do not fit {source}: {err}"
+        if preset is not None:
+            try:
+                message += f"; the weights look like {infer_config(state_dict)}"
+            except ValueError:
+                pass
+        raise PriorWeightsError(message) from err
