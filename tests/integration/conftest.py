@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "experiment=irsde_demo", "data.task=rain", "model.sde.kind=irsde", "model.sde.max_sigma=10", "model.sde.eps=0.005",
     "model.sampler.name=posterior", "model.ema.warmup=false",
+    "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.9}",
     "model.net.nf=8", "model.net.depth=2", "model.sde.T=10", "model.val_options.steps=3",
     "model.val_panels=2", "data.patch_size=32", "data.image_size=32", "data.train_samples=8", "data.batch_size=4",
     "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.precision=32", "trainer.log_every_n_steps=1",
