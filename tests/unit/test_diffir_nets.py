@@ -346,3 +346,16 @@ def test_bf16_autocast_and_channels_last():
         torch.manual_seed(0)
         out_cl = net_cl(lq.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(out_cl, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_package_level_load_network(tmp_path):
+    import diffir
+    from diffir.networks import DiffIRS1
+
+    torch.manual_seed(0)
+    net = DiffIRS1(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], n_encoder_res=1).eval()
+    path = tmp_path / "s1.pth"
+    torch.save({"params_ema": net.state_dict()}, path)
+    lq, gt = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(diffir.load_network(path)(lq, gt), net(lq, gt))

@@ -312,3 +312,12 @@ def test_loaded_network_is_usable_for_gradients_to_the_input(tmp_path, net, x):
     x_t = x.clone().requires_grad_(True)
     F.mse_loss(loaded(x_t, 50)[:, :3], torch.zeros_like(x)).backward()
     assert x_t.grad is not None and torch.isfinite(x_t.grad).all() and x_t.grad.abs().sum() > 0
+
+
+def test_package_level_load_prior(tmp_path, net, x):
+    import diffpir
+
+    path = tmp_path / "prior.pt"
+    torch.save(net.state_dict(), path)
+    with torch.no_grad():
+        assert torch.equal(diffpir.load_prior(path)(x, torch.tensor([3, 9])), net(x, torch.tensor([3, 9])))
