@@ -1,0 +1,192 @@
+"""Smoke tests of the IR-SDE benchmark scripts in their --quick modes (tiny networks, tiny images)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.common import markdown_table
+
+
+def numpy_psnr(restored: torch.Tensor, gt: torch.Tensor) -> float:
+    """PSNR of the 8-bit versions of two CHW images in [0, 1], written out here from the definition."""
+    a = np.round(np.clip(restored.numpy().astype(np.float32), 0, 1) * 255).astype(np.float64)
+    b = np.round(np.clip(gt.numpy().astype(np.float32), 0, 1) * 255).astype(np.float64)
+    return float(10 * np.log10(255.0**2 / np.mean((a - b) ** 2)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_markdown_table_pads_columns():
+    table = markdown_table(["a", "long header"], [["xyz", "1"]])
+    assert table.splitlines() == ["| a   | long header |", "|-----|-------------|", "| xyz | 1           |"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# irsde_speed
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_speed_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from benchmarks import irsde_speed
+    from irsde.nets.unet import ConditionalUNet
+
+    out = tmp_path / "speed.json"
+    # Memory probes of the fp32 cells only: each probe is a fresh Python process (~2-3 s of imports).
+    irsde_speed.main(["--quick", "--full-samplers", "--steps", "4", "2", "--measure-max-steps", "2",
+                      "--memory-precisions", "fp32", "--out", str(out)])
+    assert "training images/s" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+
+    machine = data["machine"]
+    assert machine["torch_version"] == torch.__version__
+    assert machine["device"] == "cpu" and machine["torch_threads"] >= 1
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        assert machine["cpu_model"] in cpuinfo.read_text()
+    assert data["network"]["params"] == sum(p.numel() for p in ConditionalUNet(3, 3, 8, 2).parameters())
+    settings = data["settings"]
+    sizes = (settings["nf"], settings["depth"], settings["train_size"], settings["eval_size"])
+    assert sizes == (8, 2, 64, 64)
+
+    for name in ("fp32", "bf16"):
+        cfg = data["configs"][name]
+        steps_s = cfg["train"]["seconds_per_step"]
+        assert len(steps_s) == 1 and steps_s[0] > 0
+        assert cfg["train"]["images_per_s"] == pytest.approx(settings["train_batch"] / steps_s[0])
+        assert cfg["train"]["gflop_per_step"] > cfg["eval"]["gflop_per_eval"] > 0
+        assert cfg["eval"]["seconds_per_eval"] > 0
+        for sampler in ("sde", "ode", "posterior"):
+            overhead = cfg["sampler_overhead_per_step"][sampler]
+            assert overhead > 0
+            four, two = cfg["samplers"][sampler]["4"], cfg["samplers"][sampler]["2"]
+            assert four["how"] == "extrapolated" and two["how"] == "measured"
+            per_step = cfg["eval"]["seconds_per_eval"] + overhead
+            assert four["seconds_per_image"] == pytest.approx(4 * per_step)
+            assert two["extrapolated_seconds"] == pytest.approx(2 * per_step)
+            assert two["seconds_per_image"] > 0
+
+    speedup = data["bf16_speedup"]["train_images_per_s"]
+    assert speedup == pytest.approx(data["configs"]["bf16"]["train"]["images_per_s"]
+                                    / data["configs"]["fp32"]["train"]["images_per_s"])
+    assert data["official"] is None
+
+    memory = data["memory"]
+    assert set(memory) == {"ours/fp32"}
+    for cells in memory.values():
+        for kind in ("train", "inference"):
+            cell = cells[kind]
+            assert cell["peak_rss_bytes"] >= cell["baseline_rss_bytes"] > 0
+            assert cell["peak_rss_gib"] == pytest.approx(cell["peak_rss_bytes"] / 2**30)
+        # Training keeps activations for backward, gradients and Adam moments: more than one no-grad pass.
+        assert cells["train"]["peak_rss_bytes"] > cells["inference"]["peak_rss_bytes"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# irsde_quality
+# ----------------------------------------------------------------------------------------------------------
+
+
+TINY = ["model.net.nf=8", "model.net.depth=2", "data.image_size=32", "data.patch_size=32"]
+# The demo experiment is a denoising one; these keys turn it into plain IR-SDE deraining (official options).
+RAIN = ["model.sde.kind=irsde", "model.sde.max_sigma=10", "model.sde.eps=0.005",
+        "model.sampler.name=posterior", "data.task=rain"]
+
+
+def save_untrained_checkpoint(path: Path, overrides: list[str]) -> Path:
+    """An untrained demo checkpoint as train.py stores it: the weights plus the resolved run config."""
+    from omegaconf import OmegaConf
+
+    from core.loading import build_module, compose_experiment
+
+    cfg = compose_experiment("irsde_demo", [*TINY, *overrides])
+    torch.manual_seed(0)
+    module = build_module(cfg)
+    torch.save({"state_dict": module.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}, path)
+    return path
+
+
+def demo_items(task: str, count: int) -> list[dict]:
+    from data.demo import build_demo_split
+
+    dataset = build_demo_split(task, "test", patch_size=32, image_size=32)
+    return [dataset[i] for i in range(count)]
+
+
+def test_quality_quick_irsde(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from benchmarks import irsde_quality
+    from core.loading import module_from_checkpoint
+    from irsde.samplers import reverse_posterior
+
+    ckpt = save_untrained_checkpoint(tmp_path / "rain.ckpt", RAIN)
+    out, plot = tmp_path / "quality.json", tmp_path / "quality.png"
+    irsde_quality.main(["--quick", "--ckpt", str(ckpt), "--out", str(out), "--plot", str(plot)])
+    printed = capsys.readouterr().out
+    assert "| posterior" in printed and "degraded input" in printed
+    data = json.loads(out.read_text())
+
+    assert data["task"] == "rain" and data["num_images"] == 2
+    assert data["settings"]["requested_steps"] == [5, 2] and data["settings"]["metrics"]["crop_border"] == 0
+    cells = {(r["sampler"], r["steps"]): r for r in data["results"]}
+    assert set(cells) == {(s, n) for s in ("sde", "ode", "posterior") for n in (5, 2)}
+    for row in cells.values():
+        assert row["nfe"] == row["steps"]
+        assert len(row["per_image_psnr"]) == 2 and row["seconds_per_image"] > 0
+        assert math.isfinite(row["psnr"]) and row["psnr"] > 0
+        assert 0 < row["ssim"] <= 1
+        assert row["psnr"] == pytest.approx(sum(row["per_image_psnr"]) / 2)
+
+    # The degraded inputs' PSNR, recomputed from the demo images with numpy.
+    items = demo_items("rain", 2)
+    expected_input = [numpy_psnr(item["lq"], item["gt"]) for item in items]
+    assert data["input"]["per_image_psnr"] == pytest.approx(expected_input, abs=1e-6)
+
+    # One restored image redone by hand: same weights, same seed (seed 0 + image index), posterior, 2 steps.
+    module, _ = module_from_checkpoint(ckpt)
+    item = items[1]
+    generator = torch.Generator().manual_seed(int(item["index"]))
+    restored = reverse_posterior(module.sde, module.eval_net, item["lq"][None], steps=2, generator=generator)
+    expected = numpy_psnr(restored[0].clamp(0, 1), item["gt"])
+    assert cells[("posterior", 2)]["per_image_psnr"][1] == pytest.approx(expected, abs=1e-6)
+
+    image = Image.open(plot).convert("RGB")
+    assert image.size == (860, 520)
+    colours = {c for _, c in image.getcolors(maxcolors=1_000_000)}
+    assert set(irsde_quality.COLOURS[:3]) <= colours  # one line colour per sampler was drawn
+
+
+def test_quality_quick_denoising_caps_steps_at_t_star(tmp_path: Path):
+    from benchmarks import irsde_quality
+    from core.loading import module_from_checkpoint
+    from irsde.samplers import denoise_ode
+
+    ckpt = save_untrained_checkpoint(tmp_path / "noise.ckpt", [])
+    out = tmp_path / "quality.json"
+    # t*(sigma 25) is 22 of T=100 for the demo SDE (max_sigma 70, eps 0.04): 50 and 30 both become 22 steps.
+    irsde_quality.main(["--quick", "--steps", "50", "30", "2", "--ckpt", str(ckpt), "--out", str(out)])
+    data = json.loads(out.read_text())
+
+    module, _ = module_from_checkpoint(ckpt)
+    t_star = module.sde.optimal_timestep(25)
+    assert data["task"] == "noise" and data["settings"]["sampler_options"] == {"sigma": 25}
+    cells = {(r["sampler"], r["steps"]): r for r in data["results"]}
+    assert set(cells) == {(s, n) for s in ("denoise_ode", "denoise_sde") for n in (t_star, 2)}
+    assert all(row["nfe"] == row["steps"] for row in cells.values())
+
+    item = demo_items("noise", 1)[0]
+    restored = denoise_ode(module.sde, module.eval_net, item["lq"][None], sigma=25, steps=2)
+    expected = numpy_psnr(restored[0].clamp(0, 1), item["gt"])
+    assert cells[("denoise_ode", 2)]["per_image_psnr"][0] == pytest.approx(expected, abs=1e-6)
+    assert out.with_suffix(".png").is_file()
