@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
+    load_average,
     machine_info,
     markdown_table,
     mean,
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "input": score_inputs(items, y_channel, crop),
         "results": runs,
     }
+    # Timings above are wall-clock: a busy machine (load above the thread count) inflates them.
+    result["machine"]["load_average_at_end"] = load_average()
     write_json(args.out, result)
     write_plot(args.plot, result)
     print(format_table(result))
