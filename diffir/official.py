@@ -12,12 +12,9 @@ Release files store no constructor arguments, so :func:`infer_config` reads them
 
 from __future__ import annotations
 
-import collections
 import math
 import os
-import pickle
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import torch
 from torch import nn
 
 from core.errors import CheckpointError
+from core.weights import load_weights_file
 from diffir.networks import DiffIRS1, DiffIRS2
 
 StateDict = dict[str, torch.Tensor]
@@ -44,37 +42,6 @@ S2_ALIASES = (("denoise.", "diffusion.model."), ("condition.", "diffusion.condit
 
 class DiffIRWeightsError(CheckpointError, ValueError):
     """A file that cannot be read as DiffIR network weights (a ValueError and a suite CheckpointError)."""
-
-
-def _safe_globals() -> list[Any]:
-    """Types a suite checkpoint's config may pickle; they only rebuild data, so weights_only stays on."""
-    allowed: list[Any] = [typing.Any, dict, list, tuple, set, int, float, str, bool,
-                          collections.defaultdict, collections.OrderedDict]
-    try:
-        from omegaconf import DictConfig, ListConfig, base, nodes
-    except ImportError:
-        return allowed
-    allowed += [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata]
-    allowed += [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
-                nodes.BytesNode, nodes.PathNode]
-    return allowed
-
-
-def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
-    if not path.is_file():
-        raise DiffIRWeightsError(f"{path}: no such weights file")
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not trusted:
-            raise DiffIRWeightsError(
-                f"{path}: holds pickled Python objects beyond tensors and configs ({err}); "
-                "if you trust the file, load it with trusted=True"
-            ) from err
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise DiffIRWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -112,7 +79,7 @@ def load_state_dict_any(path: str | os.PathLike, map_location: Any = "cpu", *, t
     state dicts, and ``module.`` prefixes. Raises :class:`DiffIRWeightsError` naming the file otherwise.
     """
     path = Path(path)
-    raw = _torch_load(path, map_location, trusted)
+    raw = load_weights_file(path, map_location, trusted, DiffIRWeightsError)
     if not isinstance(raw, dict):
         raise DiffIRWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
     candidates = [raw[k] for k in RELEASE_CONTAINERS if _is_tensor_dict(raw.get(k))]

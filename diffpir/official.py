@@ -13,11 +13,8 @@ config stored in a suite checkpoint gives them.
 
 from __future__ import annotations
 
-import collections
 import os
-import pickle
 import re
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
+from core.weights import load_weights_file
 from diffpir.prior.unet import PRESETS, GuidedUNet
 
 StateDict = dict[str, torch.Tensor]
@@ -50,60 +48,6 @@ SHAPE_FIELDS = ("in_channels", "model_channels", "out_channels", "num_res_blocks
 
 class PriorWeightsError(CheckpointError, ValueError):
     """A file that cannot be read as a guided-diffusion prior (a ValueError and a suite CheckpointError)."""
-
-
-def _safe_globals() -> list[Any]:
-    """Data-only types a suite checkpoint may pickle (configs, numpy RNG state); weights_only stays on."""
-    import numpy as np
-
-    allowed: list[Any] = [typing.Any, dict, list, tuple, set, int, float, str, bool,
-                          collections.defaultdict, collections.OrderedDict]
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    allowed += [np.ndarray, np.dtype, _reconstruct]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes as these classes
-    if dtypes is not None:
-        allowed += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
-    try:
-        from omegaconf import DictConfig, ListConfig, base, nodes
-    except ImportError:
-        return allowed
-    allowed += [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata]
-    allowed += [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
-                nodes.BytesNode, nodes.PathNode]
-    return allowed
-
-
-def _load_weights_only(path: Path, map_location: Any) -> Any:
-    with torch.serialization.safe_globals(_safe_globals()):
-        try:
-            # Memory-mapped: the 2.2 GB ImageNet file is then read once into the model, not held twice.
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            return torch.load(path, map_location=map_location, weights_only=True)  # legacy (non-zip) format
-
-
-def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
-    if not path.is_file():
-        raise PriorWeightsError(f"{path}: no such weights file")
-    try:
-        return _load_weights_only(path, map_location)
-    except pickle.UnpicklingError as err:
-        if not trusted:
-            raise PriorWeightsError(
-                f"{path}: holds pickled Python objects beyond tensors and configs ({str(err)[:200]}); "
-                "if you trust the file, load it with trusted=True"
-            ) from err
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise PriorWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise PriorWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
 
 
 def _tensor_dict(obj: Any) -> StateDict | None:
@@ -332,7 +276,7 @@ def load_prior(
     no guided-diffusion UNet or the weights do not fit.
     """
     path = Path(path)
-    raw = _torch_load(path, map_location, trusted)
+    raw = load_weights_file(path, map_location, trusted, PriorWeightsError, mmap=True)
     state_dict = extract_state_dict(raw, path)
     try:
         if preset is not None:

@@ -9,11 +9,8 @@ off the weights' shapes (the released inpainting UNet, for example, is nf=32 alt
 
 from __future__ import annotations
 
-import collections
 import os
-import pickle
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ import torch
 from torch import nn
 
 from core.errors import CheckpointError
+from core.weights import load_weights_file
 from irsde.nets.nafnet import ConditionalNAFNet
 from irsde.nets.unet import ConditionalUNet
 
@@ -49,53 +47,6 @@ def official_to_suite_keys(state_dict: StateDict) -> StateDict:
         if key != "n_averaged":
             out[key] = value
     return out
-
-
-def _safe_globals() -> list[Any]:
-    """Types that a suite checkpoint's config may pickle: omegaconf containers and plain builtins.
-
-    They only rebuild data, so allowing them keeps ``weights_only=True`` (no arbitrary code from the file).
-    """
-    allowed: list[Any] = [typing.Any, dict, list, tuple, set, int, float, str, bool,
-                          collections.defaultdict, collections.OrderedDict]
-    try:
-        from omegaconf import DictConfig, ListConfig, base, nodes
-    except ImportError:
-        return allowed
-    allowed += [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata]
-    allowed += [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
-                nodes.BytesNode, nodes.PathNode]
-    return allowed
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip-format torch file at all
-        return []
-
-
-def _torch_load(path: Path, map_location: Any, trusted: bool) -> Any:
-    if not path.is_file():
-        raise IRSDEWeightsError(f"{path}: no such weights file")
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = _unsafe_globals(path)
-        if not unsafe:
-            raise IRSDEWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
-        if not trusted:
-            raise IRSDEWeightsError(
-                f"{path}: holds pickled Python objects beyond tensors and configs ({', '.join(unsafe[:5])}); "
-                "if you trust the file, load it with trusted=True"
-            ) from err
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise IRSDEWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise IRSDEWeightsError(f"{path}: cannot be read as a torch file ({err})") from err
 
 
 def _tensors_of(obj: Any) -> StateDict | None:
@@ -127,7 +78,7 @@ def load_state_dict_any(
     what the file holds.
     """
     path = Path(path)
-    raw = _torch_load(path, map_location, trusted)
+    raw = load_weights_file(path, map_location, trusted, IRSDEWeightsError)
     if not isinstance(raw, dict):
         raise IRSDEWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
 

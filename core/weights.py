@@ -1,0 +1,81 @@
+"""Reading weight files safely: `torch.load(weights_only=True)` with the data-only types our checkpoints hold.
+
+Shared by every method's release-weight loader (irsde/, diffir/, diffpir/ official.py). Suite checkpoints
+pickle their run config (omegaconf containers) and, in older files, numpy RNG state; both only rebuild data,
+so allowing them keeps `weights_only=True` (no arbitrary code runs from the file). Anything else needs
+`trusted=True`, and the error says which pickled objects the file holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def safe_globals() -> list[Any]:
+    """Data-only types a checkpoint may pickle: builtins, omegaconf config nodes, numpy arrays and dtypes."""
+    import numpy as np
+
+    allowed: list[Any] = [typing.Any, dict, list, tuple, set, int, float, str, bool,
+                          collections.defaultdict, collections.OrderedDict]
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed += [np.ndarray, np.dtype, _reconstruct]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes as these classes
+    if dtypes is not None:
+        allowed += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")]
+    try:
+        from omegaconf import DictConfig, ListConfig, base, nodes
+    except ImportError:
+        return allowed
+    allowed += [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata]
+    allowed += [nodes.AnyNode, nodes.StringNode, nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode,
+                nodes.BytesNode, nodes.PathNode]
+    return allowed
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip-format torch file at all
+        return []
+
+
+def _load_weights_only(path: Path, map_location: Any, mmap: bool) -> Any:
+    with torch.serialization.safe_globals(safe_globals()):
+        if mmap:
+            try:  # memory-mapped: a multi-GB file is read once into the model, not held twice
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+        return torch.load(path, map_location=map_location, weights_only=True)  # also the legacy format
+
+
+def load_weights_file(path: str | Path, map_location: Any, trusted: bool, error: type[Exception],
+                      mmap: bool = False) -> Any:
+    """The unpickled content of a weights file; every failure raises `error` with a message naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such weights file")
+    try:
+        return _load_weights_only(path, map_location, mmap)
+    except pickle.UnpicklingError as err:
+        unsafe = _unsafe_globals(path)
+        if not trusted:
+            details = ", ".join(unsafe[:5]) if unsafe else str(err)[:200]
+            raise error(f"{path}: holds pickled Python objects beyond tensors and configs ({details}); "
+                        "if you trust the file, load it with trusted=True") from err
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise error(f"{path}: cannot be read as a torch file ({err})") from err
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise error(f"{path}: cannot be read as a torch file ({err})") from err
