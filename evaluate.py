@@ -3,6 +3,8 @@
   python evaluate.py ckpt=runs/.../checkpoints/last.ckpt [data.root=DIR] [sampler=ode] [steps=25] [out=DIR]
   python evaluate.py weights=lastest_EMA.pth experiment=irsde_rain100h data.root=DIR   (official release weights)
   python evaluate.py restored=DIR gt=DIR [data=rain100h | convention=y|rgb crop_border=N] [out=DIR]
+  python evaluate.py model=diffpir prior_ckpt=PRIOR task=sr_x4 data=celebahq noise_sigma=0.05 nfe=100
+                     (DiffPIR: measurements simulated from the ground truth; options in diffpir/cli.py)
 
 Prints a table (PSNR, SSIM, LPIPS, FID, NFEs, seconds per image), writes out/metrics.json (means at the top
 level), out/per_image.csv, the restored PNGs (out/images/) and LQ | restored | GT panels (out/preview.png).
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from core.cli import parse_overrides, user_errors
+from diffpir.cli import KEYS as DIFFPIR_KEYS
 
 # keys of evaluate.py itself; every other key=value overrides the run config (data.root=..., model.sde.T=...)
 EVAL_KEYS = ("ckpt", "weights", "experiment", "out", "sampler", "steps", "sigma", "max_images", "device",
@@ -30,10 +33,12 @@ def score_folders(args) -> dict:
     from data.layouts import folder_pairs
 
     y_channel, crop_border = False, 0
-    if args.get("data"):
+    from core.cli import group_choice
+
+    if group_choice(args, "data"):
         from core.cli import load_group
 
-        data_cfg = load_group("data", args["data"])
+        data_cfg = load_group("data", group_choice(args, "data"))
         y_channel = bool(data_cfg.get("metric_y_channel", False))
         crop_border = int(data_cfg.get("metric_crop_border", 0))
     if args.get("convention"):
@@ -66,9 +71,15 @@ def evaluate_model(args) -> dict:
     from core.loading import module_from_checkpoint, module_from_weights, pick_device
     from core.loggers import make_panel
     from core.metrics import calculate_psnr, calculate_ssim
+    from diffpir.cli import wants_diffpir
 
-    overrides = OmegaConf.create({k: v for k, v in args.items() if k not in EVAL_KEYS})
-    if args.get("ckpt"):
+    diffpir = wants_diffpir(args)
+    own = EVAL_KEYS + (DIFFPIR_KEYS if diffpir else ())
+    overrides = OmegaConf.create({k: v for k, v in args.items() if k not in own})
+    if diffpir:
+        module, cfg = _diffpir_module(args, overrides)
+        source = f"DiffPIR prior {args['prior_ckpt']}"
+    elif args.get("ckpt"):
         module, cfg = module_from_checkpoint(args["ckpt"], overrides)
         source = f"checkpoint {args['ckpt']}"
     else:
@@ -86,7 +97,9 @@ def evaluate_model(args) -> dict:
     options = {k: args[k] for k in ("sampler", "steps", "sigma") if args.get(k) is not None}
     nfe = module.nfe(**options)
     dataset = getattr(datamodule, "name", cfg.data.get("_target_", "data").split(".")[-1])
-    out = Path(args.get("out") or Path("runs/eval") / f"{Path(args.get('ckpt') or args['weights']).stem}_{dataset}")
+    run_name = (f"diffpir_{Path(args['prior_ckpt']).stem}_{args['task']}" if diffpir else
+                Path(args.get("ckpt") or args["weights"]).stem)
+    out = Path(args.get("out") or Path("runs/eval") / f"{run_name}_{dataset}")
     y_channel, crop = bool(datamodule.metric_y_channel), int(datamodule.metric_crop_border)
     scorer = Scorer(y_channel=y_channel, crop_border=crop, device=str(device),
                     perceptual=args.get("perceptual", True))
@@ -97,8 +110,10 @@ def evaluate_model(args) -> dict:
     for batch in tqdm(loader, desc=f"evaluating {dataset}", disable=not args.get("progress", True)):
         if max_images is not None and seen >= max_images:
             break
-        lq = batch["lq"].to(device)
         generator = torch.Generator(device=device).manual_seed(seed + int(batch["index"][0]))
+        if hasattr(module, "prepare_batch"):  # methods that simulate their measurement from gt (DiffPIR)
+            batch = module.prepare_batch(batch, generator)
+        lq = batch["lq"].to(device)
         start = time.perf_counter()
         with autocast:
             restored = module.restore(lq, generator=generator, **module.restore_extras(batch, device),
@@ -138,12 +153,34 @@ def evaluate_model(args) -> dict:
     return summary
 
 
+def _diffpir_module(args, overrides):
+    """(DiffPIRRestorer, config with the data to evaluate on): the prior's training data unless data= is given."""
+    from omegaconf import OmegaConf
+
+    from core.cli import apply_overrides, group_choice
+    from core.errors import ConfigError
+    from core.loading import compose_config
+    from diffpir.cli import restorer_from_args
+
+    restorer, stored = restorer_from_args(args)
+    if stored and isinstance(stored.get("data"), dict):
+        base = OmegaConf.create(stored)
+    elif group_choice(overrides, "data"):
+        base = compose_config()
+    else:
+        raise ConfigError(f"prior_ckpt={args['prior_ckpt']} carries no data settings: choose the images to "
+                          "evaluate on with data=celebahq|div2k|demo_faces|folders|... (and data.root=DIR)")
+    return restorer, apply_overrides(base, overrides)
+
+
 def _dotlist(cfg) -> list[str]:
     from omegaconf import OmegaConf
 
     flat: list[str] = []
 
     def walk(prefix, node):
+        if isinstance(node, dict) and "_group_" in node:  # data=NAME with data.key=value
+            flat.append(f"{prefix}={node.pop('_group_')}")
         if isinstance(node, dict):
             for key, value in node.items():
                 walk(f"{prefix}.{key}" if prefix else key, value)
@@ -172,7 +209,7 @@ def main(argv: list[str]) -> dict:
         if not (args.get("restored") and args.get("gt")):
             raise ConfigError("scoring existing images needs both restored=DIR and gt=DIR")
         return score_folders(args)
-    if not (args.get("ckpt") or args.get("weights")):
+    if not (args.get("ckpt") or args.get("weights") or args.get("model") == "diffpir"):
         raise ConfigError("nothing to evaluate: pass ckpt=PATH (a suite checkpoint), weights=PATH experiment=NAME "
                           "(release weights) or restored=DIR gt=DIR (existing images)")
     return evaluate_model(args)

@@ -2,10 +2,15 @@
 
   python restore.py ckpt=runs/.../checkpoints/last.ckpt input=photos/ output=restored/ [tile=512] [overlap=32]
   python restore.py weights=lastest_EMA.pth experiment=irsde_rain100h input=img.png output=out/
+  python restore.py model=diffpir prior_ckpt=PRIOR task=inpainting input=photo.png mask=mask.png output=out/
+  python restore.py model=diffpir prior_ckpt=PRIOR task=deblur_motion input=blurry.png kernel=k.npy noise_sigma=0.01
+  python restore.py model=diffpir prior_ckpt=PRIOR task=sr_x4 input=lr.png output=out/   (output 4x larger)
 
 Any image size works. With tile=N the network runs on overlapping N x N tiles blended smoothly, so a 2K image
 fits in a fixed memory budget (tiling wraps each network evaluation, so a sampler's noise stays consistent
 across tiles). Options: sampler=, steps=, seed=, device=, precision=bf16.
+DiffPIR takes the input as the measurement y of its task: mask=FILE (white = known pixel) or a folder of masks
+named like the inputs for inpainting, kernel=FILE for deblurring; the other options are in diffpir/cli.py.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import zlib
 from pathlib import Path
 
 from core.cli import parse_overrides, user_errors
+from diffpir.cli import KEYS as DIFFPIR_KEYS
 
 OWN_KEYS = ("ckpt", "weights", "experiment", "input", "output", "tile", "overlap", "sampler", "steps", "sigma",
             "seed", "device", "precision", "progress")
@@ -33,13 +39,19 @@ def main(argv: list[str]) -> list[Path]:
     for key in ("input", "output"):
         if not args.get(key):
             raise ConfigError(f"missing {key}=...: python restore.py ckpt=PATH input=FOLDER_OR_FILE output=FOLDER")
-    overrides = OmegaConf.create({k: v for k, v in args.items() if k not in OWN_KEYS})
-    if args.get("ckpt"):
+    from diffpir.cli import measurement_extras, restorer_from_args, wants_diffpir
+
+    diffpir = wants_diffpir(args)
+    overrides = OmegaConf.create({k: v for k, v in args.items() if k not in OWN_KEYS + DIFFPIR_KEYS})
+    if diffpir:
+        module, _ = restorer_from_args(args)
+    elif args.get("ckpt"):
         module, _ = module_from_checkpoint(args["ckpt"], overrides)
     elif args.get("weights") and args.get("experiment"):
         module, _ = module_from_weights(args["weights"], args["experiment"])
     else:
-        raise ConfigError("pass ckpt=PATH (a suite checkpoint) or weights=PATH experiment=NAME (release weights)")
+        raise ConfigError("pass ckpt=PATH (a suite checkpoint), weights=PATH experiment=NAME (release weights) "
+                          "or model=diffpir prior_ckpt=PATH task=NAME")
     source = Path(args["input"])
     if source.is_file():
         files = [source]
@@ -61,7 +73,8 @@ def main(argv: list[str]) -> list[Path]:
         seed = int(args.get("seed", 0)) + zlib.crc32(path.name.encode())
         generator = torch.Generator(device=device).manual_seed(seed)
         with autocast:
-            restored = module.restore(lq, generator=generator, **options).float()
+            extras = measurement_extras(args, path, lq) if diffpir else {}
+            restored = module.restore(lq, generator=generator, **extras, **options).float()
         target = out_dir / f"{path.stem}.png"
         write_image(target, restored[0].cpu())
         written.append(target)

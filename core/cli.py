@@ -31,7 +31,27 @@ def parse_overrides(argv: list[str]) -> DictConfig:
     bad = [a for a in argv if "=" not in a or a.startswith("=")]
     if bad:
         raise ConfigError(f"arguments must be key=value (got {bad[0]!r}); e.g. ckpt=runs/x/checkpoints/last.ckpt")
-    return OmegaConf.from_dotlist([a.lstrip("+") for a in argv])
+    args = [a.lstrip("+") for a in argv]
+    cfg = OmegaConf.from_dotlist(args)
+    # "data=celebahq data.root=/x": the dotted key would silently replace the group choice; keep both
+    for group in GROUPS:
+        choice = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == group]
+        if choice and isinstance(cfg.get(group), DictConfig):
+            cfg[group]["_group_"] = choice[-1]
+    return cfg
+
+
+GROUPS = ("data", "model")
+
+
+def group_choice(overrides, group: str) -> str | None:
+    """The config-group option chosen on the command line (data=celebahq), with or without dotted keys."""
+    value = overrides.get(group)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, DictConfig)):
+        return value.get("_group_")
+    return None
 
 
 def load_group(group: str, option: str) -> DictConfig:
@@ -55,7 +75,13 @@ def apply_overrides(cfg: DictConfig, overrides: DictConfig, groups: tuple[str, .
     """Merge key=value overrides into a stored run config; `data=rain100h` swaps in that config group."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(cfg, False)
+    overrides = OmegaConf.create(OmegaConf.to_container(overrides, resolve=False))
     for group in groups:
-        if isinstance(overrides.get(group), str):
-            cfg[group] = load_group(group, overrides.pop(group))
+        choice = group_choice(overrides, group)
+        if choice is not None:
+            cfg[group] = load_group(group, choice)
+            if isinstance(overrides[group], str):
+                overrides.pop(group)
+            else:
+                overrides[group].pop("_group_")
     return OmegaConf.merge(cfg, overrides)

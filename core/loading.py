@@ -12,18 +12,24 @@ from core.cli import CONFIG_DIR, apply_overrides
 from core.errors import CheckpointError, ConfigError
 
 
-def compose_experiment(experiment: str, overrides: list[str] | None = None) -> DictConfig:
-    """The train-time config of `experiment=<name>` (for release weights, which carry no config)."""
+def compose_config(overrides: list[str] | None = None, what: str = "configuration") -> DictConfig:
+    """The train-time config composed from configs/train.yaml with Hydra overrides, outside a Hydra run."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         try:
-            cfg = compose("train", overrides=[f"experiment={experiment}", *(overrides or [])])
+            cfg = compose("train", overrides=list(overrides or []))
         except Exception as err:
-            raise ConfigError(f"experiment={experiment}: {err}") from err
+            raise ConfigError(f"{what}: {err}") from err
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     OmegaConf.set_struct(cfg, False)
     cfg.paths.output_dir = "runs/eval"
+    return cfg
+
+
+def compose_experiment(experiment: str, overrides: list[str] | None = None) -> DictConfig:
+    """The train-time config of `experiment=<name>` (for release weights, which carry no config)."""
+    cfg = compose_config([f"experiment={experiment}", *(overrides or [])], f"experiment={experiment}")
     cfg.name = experiment
     return cfg
 

@@ -47,7 +47,7 @@ class PairedDataModule(L.LightningDataModule):
                  num_workers: int = 4, val_batch_size: int = 1, test_batch_size: int = 1,
                  val_max_images: int | None = None, val_center_crop: int | None = None,
                  metric_y_channel: bool | None = None, metric_crop_border: int | None = None, scale: int = 1,
-                 upsample_lq: bool = False, flips: bool = True, rot90: bool = True, check_files: bool = True,
+                 upsample_lq: bool = False, flips: bool | str = True, rot90: bool = True, check_files: bool = True,
                  train_root: str | None = None, test_root: str | None = None) -> None:
         super().__init__()
         self.root = root
@@ -311,7 +311,7 @@ class DemoDataModule(PairedDataModule):
     name = "demo"
 
     def __init__(self, task: str = "rain", patch_size: int = 64, image_size: int = 128,
-                 train_samples: int = 256, batch_size: int = 4, num_workers: int = 0,
+                 train_samples: int = 256, batch_size: int = 4, num_workers: int = 0, source: str = "photos",
                  **options: Any) -> None:
         from data.demo import SCALE, TASKS
 
@@ -322,7 +322,8 @@ class DemoDataModule(PairedDataModule):
         super().__init__(None, patch_size=patch_size, batch_size=batch_size, num_workers=num_workers,
                          **options)
         self.task, self.image_size, self.train_samples = task, int(image_size), int(train_samples)
-        self.name = f"demo-{task}"
+        self.source = source
+        self.name = f"demo-{task}" if source == "photos" else f"demo-{source}-{task}"
 
     def pairs_for(self, split: str) -> list[Pair]:
         raise DataError("The demo data live in memory and have no files: use data.demo.export_demo(folder) "
@@ -333,7 +334,7 @@ class DemoDataModule(PairedDataModule):
         from data.demo import build_demo_split
 
         dataset = build_demo_split(self.task, split, patch_size=self.patch_size, image_size=self.image_size,
-                                   train_samples=self.train_samples, max_images=limit)
+                                   train_samples=self.train_samples, max_images=limit, source=self.source)
         if train and len(dataset) < self.batch_size:
             raise DataError(f"demo: train_samples={len(dataset)} is smaller than data.batch_size="
                             f"{self.batch_size}.")

@@ -51,7 +51,7 @@ class PairedImageDataset(Dataset):
 
     def __init__(self, pairs: Sequence[Pair], train: bool, patch_size: int = 128, scale: int = 1,
                  make_lq: LQMaker | None = None, mask_fn: MaskMaker | None = None, upsample_lq: bool = False,
-                 center_crop: int | None = None, gt_size: tuple[int, int] | None = None, flips: bool = True,
+                 center_crop: int | None = None, gt_size: tuple[int, int] | None = None, flips: bool | str = True,
                  rot90: bool = True) -> None:
         check_patch_scale(patch_size, scale)
         self.pairs = list(pairs)

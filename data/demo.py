@@ -30,6 +30,10 @@ TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "hubble_deep_field", "immunohis
                 "stereo_motorcycle", "brick", "grass")
 
 TEST_PHOTOS = ("chelsea", "camera", "retina", "coins", "moon")
+# The demo faces (DiffPIR's demo prior): the 100 face images of scikit-image's bundled LFW subset (25x25 grey
+# crops); the first 90 train, the last 10 are held out.
+SOURCES = ("photos", "faces")
+FACE_COUNT, FACE_TEST = 100, 10
 
 
 @cache
@@ -57,6 +61,17 @@ def _centre_square(img: np.ndarray, side: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
+def _faces(split: str, image_size: int) -> tuple[tuple[str, np.ndarray], ...]:
+    faces = skimage.data.lfw_subset()[:FACE_COUNT].astype(np.float32)  # float in [0, 1], HxW
+    chosen = range(FACE_COUNT - FACE_TEST) if split == "train" else range(FACE_COUNT - FACE_TEST, FACE_COUNT)
+    out = []
+    for i in chosen:
+        face = np.clip(imresize(faces[i], size=(image_size, image_size)), 0.0, 1.0)
+        out.append((f"face{i:03d}", np.repeat(face[:, :, None], 3, axis=2)))
+    return tuple(out)
+
+
+@lru_cache(maxsize=8)
 def _photos(split: str, image_size: int) -> tuple[tuple[str, np.ndarray], ...]:
     if split == "train":
         return tuple((n, _short_side_to(load_photo(n), 2 * image_size)) for n in TRAIN_PHOTOS)
@@ -80,27 +95,34 @@ def task_options(task: str) -> dict[str, object]:
 
 
 def build_demo_split(task: str, split: str, patch_size: int = 64, image_size: int = 128,
-                     train_samples: int = 256, max_images: int | None = None) -> InMemoryImageDataset:
+                     train_samples: int = 256, max_images: int | None = None,
+                     source: str = "photos") -> InMemoryImageDataset:
     """The demo Dataset of `task` for split "train" (train_samples random patches per epoch) or "test"
-    (the held-out photos, at most `max_images`). Items are those of PairedImageDataset."""
+    (the held-out images, at most `max_images`). Items are those of PairedImageDataset. source="faces" uses
+    the LFW faces (training faces at image_size, so a patch_size equal to it gives whole faces)."""
     options = task_options(task)
     if patch_size > image_size:
         raise DataError(f"Demo patch_size={patch_size} exceeds image_size={image_size}: lower the patch "
                         f"size.")
+    if source not in SOURCES:
+        raise DataError(f"data.source='{source}' is not a demo source: use one of {', '.join(SOURCES)}.")
     train = split == "train"
-    photos = list(_photos("train" if train else "test", int(image_size)))
+    pick = _faces if source == "faces" else _photos
+    photos = list(pick("train" if train else "test", int(image_size)))
     if not train and max_images is not None:
         photos = photos[:max_images]
     return InMemoryImageDataset(photos, train, length=train_samples if train else None, patch_size=patch_size,
                                 **options)
 
 
-def export_demo(folder: str | Path, task: str = "rain", image_size: int = 128) -> list[Path]:
+def export_demo(folder: str | Path, task: str = "rain", image_size: int = 128,
+                source: str = "photos") -> list[Path]:
     """Write the demo test set as folder/<task>/{lq,gt}/<name>.png (and mask/ for inpainting) to look at, or
     to use with the folder-pair data module; returns the files written."""
     root = Path(folder) / task
     written: list[Path] = []
-    dataset = build_demo_split(task, "test", image_size=image_size)
+    dataset = build_demo_split(task, "test", patch_size=min(64, image_size), image_size=image_size,
+                               source=source)
     for i in range(len(dataset)):
         item = dataset[i]
         for key in ("lq", "gt", "mask"):

@@ -37,13 +37,17 @@ class PairedTransform:
 
     With scale > 1 the LQ is the LR image: a patch of patch_size // scale is cut at (y, x) in the LQ and the
     GT patch at (y * scale, x * scale), then the same flips/rotations are applied to both.
+    flips: True (horizontal and vertical), "horizontal" (mirror only: faces stay upright) or False.
     """
 
-    def __init__(self, patch_size: int, scale: int = 1, flips: bool = True, rot90: bool = True,
+    def __init__(self, patch_size: int, scale: int = 1, flips: bool | str = True, rot90: bool = True,
                  seed: int | None = None) -> None:
         check_patch_scale(patch_size, scale)
         self.patch_size, self.scale = int(patch_size), int(scale)
-        geometric = ([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] if flips else [])
+        if flips not in (True, False, "horizontal"):
+            raise DataError(f"data.flips={flips!r}: use true, false or horizontal")
+        geometric = [A.HorizontalFlip(p=0.5)] if flips else []
+        geometric += [A.VerticalFlip(p=0.5)] if flips is True else []
         geometric += [A.RandomRotate90(p=1.0)] if rot90 else []
         # LQ is a second "image" target so it gets exactly the same parameters as GT (the "image").
         self._same_size = A.Compose([A.RandomCrop(self.patch_size, self.patch_size), *geometric],
@@ -107,7 +111,7 @@ class PairedTransform:
         return {"gt": out["image"], "lq": out.get("lq"), "mask": out.get("mask")}
 
 
-def paired_train_transform(patch_size: int, scale: int = 1, flips: bool = True, rot90: bool = True,
+def paired_train_transform(patch_size: int, scale: int = 1, flips: bool | str = True, rot90: bool = True,
                            seed: int | None = None) -> PairedTransform:
     """The training augmentation: random crop (LR-aware when scale > 1), h/v flips, 90-degree turns."""
     return PairedTransform(patch_size, scale=scale, flips=flips, rot90=rot90, seed=seed)
