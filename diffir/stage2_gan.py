@@ -1,0 +1,349 @@
+"""DiffIR's SRGAN fine-tuning stage (S2-GAN; official ``DiffIRGANS2Model``, DiffIR-SRGAN/options/
+train_DiffIRS2_GAN_x4.yml): a trained stage-2 network fine-tuned with pixel, perceptual and adversarial losses.
+
+Each iteration (1-based, as BasicSR counts), as the official ``optimize_parameters``:
+
+1. The frozen stage-1 CPEN (``teacher``) gives the IPR of (lq, gt); the stage-2 network runs its training chain
+   from it (the stage-1 IPR diffused to t = T-1, then denoised in T steps from CPEN_S2, all in the graph) and
+   the DIRformer restores the image, exactly as in stage 2's joint phase.
+2. Generator step, when ``iteration % net_d_iters == 0 and iteration > net_d_init_iters`` (every iteration
+   with the official 1 / 0), with the discriminator's parameters frozen: ``L1 + l_abs + perceptual (+ style)
+   + GAN(D(output), real)``. The IPR loss back-propagates ``l_abs`` and logs ``l_kd`` (``model.kd``), as the
+   official code, which computes both from the last IPR of the chain.
+3. Discriminator step, every iteration: ``GAN(D(gt), real) + GAN(D(output.detach()), fake)``, unweighted.
+4. Both learning-rate schedulers step; the EMA of the generator follows (``RestorationModule``).
+
+Lightning, manual optimization. Lightning counts *every* ``LightningOptimizer.step()`` as a training step (with
+two optimizers ``global_step`` would advance by 2 per iteration, and ``trainer.max_steps``, checkpoint names,
+the EMA and ``ProgressivePatches`` would see twice the iterations). Here the discriminator's step, which runs
+at every iteration, is the counted one, and the generator's goes through the same strategy / precision path
+(gradient unscaling under 16-mixed) without the counter, so ``global_step`` = completed iterations, as in the
+rest of the suite. Automatic gradient clipping and gradient accumulation do not exist in manual optimization:
+``trainer.gradient_clip_val`` / ``trainer.accumulate_grad_batches`` are rejected with a message. A non-finite
+generator or discriminator loss stops the run before that optimizer's step (``NonFiniteLossError``).
+The schedulers step after the optimizers (Lightning's ``interval: step`` convention, used by every suite recipe;
+BasicSR steps them just before, so a milestone takes effect one iteration later here). ``training_step``
+returns the generator loss (the discriminator's in ``net_d_init_iters`` warm-up iterations, where the generator
+does not step). Many GPUs: each backward pass leaves the other network's parameters without gradients, so DDP
+needs ``trainer.strategy=ddp_find_unused_parameters_true`` (plain ``ddp`` is rejected with that message).
+
+Initialisation (``prepare_from_config``, called by train.py): ``stage2_ckpt`` = a suite stage-2 checkpoint
+(EMA weights, as the official ``param_key_g: params_ema``) or an official BasicSR stage-2 / S2-GAN file; the
+teacher comes from the suite checkpoint, or from ``stage1_ckpt`` (required with official files, which do not
+hold it: the official ``pretrain_network_S1``). The discriminator starts from scratch. Its weights and both
+optimizers' and schedulers' states are in this module's checkpoints, so ``ckpt_path=`` resumes exactly.
+
+The VGG19 of the perceptual loss is a fixed part of the loss: it is read from disk when training starts
+(``model.perceptual.weights_path`` or torchvision's cache) and is kept out of the checkpoints, so evaluating
+or restoring with a checkpoint never needs the VGG file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from core.errors import CheckpointError, ConfigError
+from core.training import NonFiniteLossError
+from diffir.gan import GANLoss
+from diffir.stage2 import SHARED_SETTINGS, DiffIRStage2Module, _comparable
+
+log = logging.getLogger(__name__)
+
+# Settings of the stage-2 network beyond those it shares with stage 1 (its IPR diffusion).
+STAGE2_SETTINGS = (*SHARED_SETTINGS, "n_denoise_res", "timesteps")
+
+
+class DiffIRStage2GANModule(DiffIRStage2Module):
+    """net: ``diffir.networks.DiffIRS2``; discriminator: an ``nn.Module`` (``diffir.discriminators``);
+    optimizer / optimizer_d, scheduler / scheduler_d: Hydra partials for the generator (every trainable
+    parameter of ``net``) and the discriminator; perceptual: ``core.perceptual.PerceptualLoss`` arguments (None:
+    no perceptual loss); gan: ``diffir.gan.GANLoss`` arguments; net_d_iters / net_d_init_iters: the generator
+    steps at iterations ``i % net_d_iters == 0 and i > net_d_init_iters``; stage2_match: keys of the data config
+    that must equal the stage-2 run's (empty: no check); kd, pixel_loss, stage1_match: as stage 2."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        discriminator: nn.Module,
+        optimizer_d=None,
+        scheduler_d=None,
+        perceptual: dict | None = None,
+        gan: dict | None = None,
+        net_d_iters: int = 1,
+        net_d_init_iters: int = 0,
+        kd: dict | None = None,
+        pixel_loss: dict | None = None,
+        stage1_match: Sequence[str] = ("_target_", "task", "scale"),
+        stage2_match: Sequence[str] = ("_target_", "task", "scale"),
+        **kwargs,
+    ) -> None:
+        super().__init__(net, encoder_iter=0, kd=kd, pixel_loss=pixel_loss, stage1_match=stage1_match, **kwargs)
+        self.automatic_optimization = False
+        if not isinstance(discriminator, nn.Module):
+            raise ConfigError(
+                "model.discriminator must be a network config with a _target_ (e.g. "
+                "diffir.discriminators.UNetDiscriminatorSN)"
+            )
+        if optimizer_d is None:
+            raise ConfigError(
+                "model.optimizer_d is missing: the discriminator needs its own optimizer (official: "
+                "Adam lr 1e-4, betas [0.9, 0.99])"
+            )
+        if int(net_d_iters) < 1 or int(net_d_init_iters) < 0:
+            raise ConfigError(
+                f"model.net_d_iters={net_d_iters} must be >= 1 and model.net_d_init_iters={net_d_init_iters} >= 0"
+            )
+        self.discriminator = discriminator
+        self.optimizer_d_factory, self.scheduler_d_factory = optimizer_d, scheduler_d
+        self.gan_loss = GANLoss(**dict(gan or {}))
+        self.net_d_iters, self.net_d_init_iters = int(net_d_iters), int(net_d_init_iters)
+        self.stage2_match = tuple(stage2_match)
+        self.perceptual_cfg = dict(perceptual) if perceptual else None
+        # a plain dict, not a submodule: the VGG stays out of state_dict() and so out of every checkpoint
+        self._loss_nets: dict[str, nn.Module] = {}
+
+    # -- the perceptual loss (built when training starts) -------------------------------------------------------
+    def build_perceptual(self) -> None:
+        """Load the VGG19 of the perceptual loss (ConfigError naming the file when it is missing)."""
+        if self.perceptual_cfg is not None and "perceptual" not in self._loss_nets:
+            from core.perceptual import PerceptualLoss
+
+            self._loss_nets["perceptual"] = PerceptualLoss(**self.perceptual_cfg)
+
+    def perceptual_loss(self, restored: torch.Tensor, gt: torch.Tensor):
+        self.build_perceptual()
+        loss = self._loss_nets.get("perceptual")
+        if loss is None:
+            return None, None
+        if loss.vgg.mean.device != restored.device:
+            loss.to(restored.device)
+        return loss(restored, gt)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.build_perceptual()
+
+    # -- optimizers --------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for net in self.trainable_networks() for p in net.parameters() if p.requires_grad]
+        optimizers = [self.optimizer_factory(params), self.optimizer_d_factory(list(self.discriminator.parameters()))]
+        entries = []
+        for optimizer, factory in zip(optimizers, (self.scheduler_factory, self.scheduler_d_factory)):
+            entry = {"optimizer": optimizer}
+            if factory is not None:
+                entry["lr_scheduler"] = {"scheduler": factory(optimizer), "interval": "step"}
+            entries.append(entry)
+        return entries
+
+    def generator_steps(self, iteration: int) -> bool:
+        """Whether the generator is updated at this (1-based) iteration (the official condition)."""
+        return iteration % self.net_d_iters == 0 and iteration > self.net_d_init_iters
+
+    def _stop_if_nonfinite(self, loss: torch.Tensor, which: str, setting: str) -> None:
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise NonFiniteLossError(
+                f"{which} loss became {loss.item()} at step {self.global_step}: stopped before the {which} "
+                "optimizer step, so the checkpoints on disk are the last good ones. Lower the learning rate "
+                f"({setting}=...) or use trainer.precision=32, then resume with "
+                "ckpt_path=<run>/checkpoints/last.ckpt"
+            )
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        opt_g, opt_d = self.optimizers()
+        iteration = self.global_step + 1
+        lq, gt, mask = batch["lq"], batch["gt"], batch.get("mask")
+        n = gt.shape[0]
+        inp = self.to_memory_format(self.network_input(lq, mask))
+        ipr_s1 = self.teacher_ipr(inp, gt)
+        step_g = self.generator_steps(iteration)
+        logs: dict[str, torch.Tensor] = {}
+        loss_g = None
+
+        self.discriminator.requires_grad_(False)
+        with torch.set_grad_enabled(step_g):
+            restored, ipr, _ = self.net.forward_train(inp, ipr_s1)
+        if step_g:
+            l_pix = self.pixel_loss(restored, gt, mask if self.inpainting else None)
+            l_ipr, ipr_logs = self.ipr_loss(ipr, ipr_s1)
+            loss_g = l_pix + l_ipr
+            logs.update(l_pix=l_pix.detach(), **ipr_logs)
+            l_percep, l_style = self.perceptual_loss(restored, gt)
+            if l_percep is not None:
+                loss_g = loss_g + l_percep
+                logs["l_percep"] = l_percep.detach()
+            if l_style is not None:
+                loss_g = loss_g + l_style
+                logs["l_style"] = l_style.detach()
+            l_g_gan = self.gan_loss(self.discriminator(restored), True, is_disc=False)
+            loss_g = loss_g + l_g_gan
+            logs["l_g_gan"] = l_g_gan.detach()
+            self._stop_if_nonfinite(loss_g, "generator", "model.optimizer.lr")
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)
+            # not counted as a Lightning training step (see the module docstring): global_step = iterations
+            self.trainer.strategy.optimizer_step(opt_g.optimizer, closure=_no_closure)
+
+        self.discriminator.requires_grad_(True)
+        real_pred = self.discriminator(gt)
+        l_d_real = self.gan_loss(real_pred, True, is_disc=True)
+        fake_pred = self.discriminator(restored.detach())
+        l_d_fake = self.gan_loss(fake_pred, False, is_disc=True)
+        self._stop_if_nonfinite(l_d_real + l_d_fake, "discriminator", "model.optimizer_d.lr")
+        opt_d.zero_grad()
+        self.manual_backward(l_d_real + l_d_fake)  # = the official two backward calls, summed gradients
+        opt_d.step()  # the counted step: global_step becomes `iteration`
+        for config in self.trainer.lr_scheduler_configs:  # BasicSR steps every scheduler at every iteration
+            config.scheduler.step()
+
+        logs.update(
+            l_d_real=l_d_real.detach(),
+            l_d_fake=l_d_fake.detach(),
+            out_d_real=real_pred.detach().float().mean(),
+            out_d_fake=fake_pred.detach().float().mean(),
+        )
+        if loss_g is not None:
+            self.log("train/loss", loss_g.detach(), prog_bar=True, batch_size=n)
+        for key, value in logs.items():
+            self.log(f"train/{key}", value, batch_size=n)
+        # LossTrend and the progress bar follow the generator loss (the discriminator's during the official
+        # net_d_init_iters warm-up, when the generator does not step)
+        return (l_d_real + l_d_fake).detach() if loss_g is None else loss_g.detach()
+
+    # -- stage-2 initialisation --------------------------------------------------------------------------------
+    def prepare_from_config(self, cfg) -> None:
+        """Called by train.py: reject trainer settings manual optimization lacks, load ``cfg.stage2_ckpt`` (and
+        ``cfg.stage1_ckpt`` when given; neither is needed when resuming with ``ckpt_path``), load the VGG."""
+        trainer = cfg.get("trainer") or {}
+        clip = trainer.get("gradient_clip_val")
+        if clip is not None and float(clip) > 0:
+            raise ConfigError(
+                f"trainer.gradient_clip_val={clip}: the DiffIR S2-GAN stage optimises the generator "
+                "and the discriminator by hand (Lightning manual optimization), where Lightning "
+                "cannot clip gradients; remove the setting (trainer.gradient_clip_val=null; the "
+                "official recipe does not clip)"
+            )
+        accumulate = trainer.get("accumulate_grad_batches")
+        if accumulate is not None and int(accumulate) != 1:
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches={accumulate}: not available with the DiffIR S2-GAN "
+                "stage (manual optimization); use trainer.accumulate_grad_batches=1 and a larger "
+                "data.batch_size"
+            )
+        if str(trainer.get("strategy")) in ("ddp", "ddp_spawn", "ddp_fork"):
+            raise ConfigError(
+                f"trainer.strategy={trainer.get('strategy')}: the DiffIR S2-GAN stage's generator and "
+                "discriminator backward passes each leave the other network's parameters without gradients, "
+                "which plain DDP refuses; use trainer.strategy=ddp_find_unused_parameters_true"
+            )
+        stage2, stage1 = cfg.get("stage2_ckpt"), cfg.get("stage1_ckpt")
+        if stage2:
+            self.load_stage2(stage2, cfg.get("data"), stage1)
+        elif not cfg.get("ckpt_path"):
+            raise ConfigError(
+                "The DiffIR S2-GAN stage starts from a trained stage-2 network: add stage2_ckpt=<stage-2 "
+                "run>/checkpoints/last.ckpt (a run of the matching experiment=diffir_s2_...), or "
+                "ckpt_path=<S2-GAN run>/checkpoints/last.ckpt to resume"
+            )
+        self.build_perceptual()
+
+    def load_stage2(self, path, data_cfg=None, stage1_path=None) -> None:
+        """The generator (and its EMA) <- the stage-2 network of ``path`` (EMA weights where the file has them);
+        the teacher <- ``stage1_path``'s CPEN_S1 if given, else the suite checkpoint's teacher.
+
+        Raises ``CheckpointError`` for a stage-1 file or an official file without ``stage1_path``, and
+        ``ConfigError`` naming the setting when the architecture or the data differ from this run.
+        """
+        from core.checkpoint import load_checkpoint
+        from core.ema import make_ema_copy
+        from diffir.official import S1_SIGNATURE, _complete_aliases, infer_config, load_state_dict_any
+
+        try:
+            state = load_state_dict_any(path)
+        except CheckpointError as err:
+            raise CheckpointError(f"stage2_ckpt: {err}") from err
+        if S1_SIGNATURE in state:
+            raise CheckpointError(
+                f"stage2_ckpt={path} holds a DiffIR stage-1 network; the S2-GAN stage starts "
+                "from the checkpoint of a stage-2 run (experiment=diffir_s2_..., trained with "
+                "stage1_ckpt=<this file>)"
+            )
+        self._check_stage2_architecture(path, infer_config(state))
+        raw = load_checkpoint(path)
+        stored = raw.get("config") if isinstance(raw, dict) else None
+        if data_cfg is not None and isinstance(stored, dict) and isinstance(stored.get("data"), dict):
+            self._check_stage2_data(path, stored["data"], data_cfg)
+        teacher = None
+        if stage1_path:
+            self.load_stage1(stage1_path, data_cfg)  # checks the stage-1 file; its DIRformer is replaced below
+        else:
+            suite_state = raw.get("state_dict") if isinstance(raw, dict) else None
+            if isinstance(suite_state, dict):
+                teacher = {k[len("teacher.") :]: v for k, v in suite_state.items() if k.startswith("teacher.")}
+            if not teacher:
+                raise CheckpointError(
+                    f"stage2_ckpt={path} holds no stage-1 teacher CPEN (an official or plain "
+                    "stage-2 file): also pass stage1_ckpt=<the stage-1 checkpoint it was trained "
+                    "from> (the official pretrain_network_S1)"
+                )
+        state = _complete_aliases(state, self.net)
+        own = self.net.state_dict()
+        for key, value in own.items():
+            other = state.get(key)
+            if other is None or other.shape != value.shape:
+                theirs = None if other is None else tuple(other.shape)
+                raise ConfigError(
+                    f"stage2_ckpt={path}: its weights do not fit this run's model.net ({key}: "
+                    f"{theirs} vs {tuple(value.shape)}); use the model.net settings of the stage-2 "
+                    "run"
+                )
+        self.net.load_state_dict({k: state[k] for k in own}, strict=True)
+        if teacher is not None:
+            try:
+                self.teacher.load_state_dict(teacher, strict=True)
+            except RuntimeError as err:
+                raise CheckpointError(
+                    f"stage2_ckpt={path}: its teacher CPEN does not fit this run's model.net ({str(err)[:300]})"
+                ) from err
+        if self.use_ema:
+            self.ema_net = make_ema_copy(self.net)
+        log.info("DiffIR S2-GAN: generator%s loaded from %s", "" if teacher is None else " and teacher", path)
+
+    def _check_stage2_architecture(self, path, found: dict) -> None:
+        mine = self.net.config
+        for key in STAGE2_SETTINGS:
+            if key not in found:
+                continue
+            theirs, ours = _comparable(key, found.get(key)), _comparable(key, mine.get(key))
+            if theirs != ours:
+                raise ConfigError(
+                    f"stage2_ckpt={path} has {key}={theirs} but this run has model.net.{key}={ours}: "
+                    f"the S2-GAN stage fine-tunes the stage-2 network as it is (set model.net.{key}="
+                    f"{theirs}, or start from the stage-2 run of this configuration)"
+                )
+        for key in ("linear_start", "linear_end"):
+            if key in found and abs(float(found[key]) - float(mine[key])) > 1e-4:
+                raise ConfigError(
+                    f"stage2_ckpt={path} has {key}={found[key]} but this run has model.net.{key}="
+                    f"{mine[key]}: set model.net.{key}={found[key]}"
+                )
+
+    def _check_stage2_data(self, path, theirs: dict, ours) -> None:
+        for key in self.stage2_match:
+            a, b = theirs.get(key), ours.get(key)
+            if a != b:
+                raise ConfigError(
+                    f"stage2_ckpt={path} was trained with data.{key}={a!r} but this run has "
+                    f"data.{key}={b!r}: start the S2-GAN stage from the stage-2 run of the same data "
+                    "(or set model.stage2_match=[] to allow it)"
+                )
+
+
+def _no_closure() -> None:
+    return None
