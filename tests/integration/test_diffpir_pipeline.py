@@ -111,3 +111,43 @@ def test_a_prior_of_the_wrong_kind_is_refused():
 
     with pytest.raises(CheckpointError, match="not a guided-diffusion UNet"):
         evaluate.main(["model=diffpir", "task=inpainting", f"prior_ckpt={REPO / 'assets/irsde_demo_denoise.ckpt'}"])
+
+
+def test_prior_trains_under_two_process_ddp_with_the_single_process_validation(tmp_path):
+    """2 CPU ranks (gloo): the run completes, and val/psnr (DiffPIR on 2 images, one per rank) equals what
+    evaluate.py measures on the same 2 images in one process."""
+    import csv
+    import signal
+    import subprocess
+    import sys
+
+    import evaluate
+
+    dist_vars = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    replaced = ("trainer.max_steps=", "trainer.val_check_interval=", "data.train_samples=", "trainer.accelerator=")
+    args = [sys.executable, str(REPO / "train.py"), *[o for o in TINY_PRIOR if not o.startswith(replaced)],
+            "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "data.train_samples=128", f"paths.output_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # a lone rank would wait in a collective for half an hour
+        output, _ = proc.communicate()
+    assert proc.returncode == 0, output[-4000:]
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
+    (metrics_file,) = tmp_path.glob("csv/**/metrics.csv")
+    logged = [float(r["val/psnr"]) for r in csv.DictReader(metrics_file.open()) if r.get("val/psnr")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks' arithmetic
+    try:
+        single = evaluate.main([f"ckpt={ckpt}", "max_images=2", "progress=false", "perceptual=false",
+                                "save_images=false", f"out={tmp_path / 'eval'}"])
+    finally:
+        torch.set_num_threads(threads)
+    assert logged and logged[-1] == pytest.approx(single["psnr"], abs=1e-3)
