@@ -189,13 +189,15 @@ class DiffIRStage2Module(DiffIRModule):
                 raise ConfigError(f"stage1_ckpt={path}: its DIRformer does not fit this run's {setting} "
                                   f"(G.{key}: {theirs} vs {tuple(value.shape)})")
 
-    def _check_data(self, path, theirs: dict, ours) -> None:
-        for key in self.stage1_match:
+    def _check_data(self, path, theirs: dict, ours, setting: str = "stage1_ckpt") -> None:
+        """The data settings named by model.<stage>_match must equal those of the run that wrote `path`."""
+        match_key = setting.replace("_ckpt", "_match")
+        for key in getattr(self, match_key):
             a, b = theirs.get(key), ours.get(key)
             if a != b:
-                raise ConfigError(f"stage1_ckpt={path} was trained with data.{key}={a!r} but this run has "
-                                  f"data.{key}={b!r}: start stage 2 from the stage-1 run of the same data "
-                                  "(or set model.stage1_match=[] to allow it)")
+                raise ConfigError(f"{setting}={path} was trained with data.{key}={a!r} but this run has "
+                                  f"data.{key}={b!r}: start from the stage-{setting[5]} run of the same data "
+                                  f"(or set model.{match_key}=[] to allow it)")
 
 
 def _comparable(key: str, value):

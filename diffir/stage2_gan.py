@@ -278,7 +278,7 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         raw = load_checkpoint(path)
         stored = raw.get("config") if isinstance(raw, dict) else None
         if data_cfg is not None and isinstance(stored, dict) and isinstance(stored.get("data"), dict):
-            self._check_stage2_data(path, stored["data"], data_cfg)
+            self._check_data(path, stored["data"], data_cfg, setting="stage2_ckpt")
         teacher = None
         if stage1_path:
             self.load_stage1(stage1_path, data_cfg)  # checks the stage-1 file; its DIRformer is replaced below
@@ -332,16 +332,6 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
                 raise ConfigError(
                     f"stage2_ckpt={path} has {key}={found[key]} but this run has model.net.{key}="
                     f"{mine[key]}: set model.net.{key}={found[key]}"
-                )
-
-    def _check_stage2_data(self, path, theirs: dict, ours) -> None:
-        for key in self.stage2_match:
-            a, b = theirs.get(key), ours.get(key)
-            if a != b:
-                raise ConfigError(
-                    f"stage2_ckpt={path} was trained with data.{key}={a!r} but this run has "
-                    f"data.{key}={b!r}: start the S2-GAN stage from the stage-2 run of the same data "
-                    "(or set model.stage2_match=[] to allow it)"
                 )
 
 
