@@ -9,6 +9,7 @@ so allowing them keeps `weights_only=True` (no arbitrary code runs from the file
 from __future__ import annotations
 
 import collections
+import collections.abc
 import pickle
 import typing
 from pathlib import Path
@@ -79,3 +80,45 @@ def load_weights_file(path: str | Path, map_location: Any, trusted: bool, error:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
         raise error(f"{path}: cannot be read as a torch file ({err})") from err
+
+
+# -- where a network sits inside a loaded file --------------------------------------------------------------------
+StateDict = dict[str, torch.Tensor]
+# Containers of release files (BasicSR params / params_ema, plain state_dict / model / net wrappers), EMA first.
+RELEASE_CONTAINERS = ("params_ema", "params", "state_dict", "model", "net")
+# Prefixes under which checkpoints keep a network, EMA copies first (they are what gets evaluated): the suite's
+# LightningModules (ema_net. / net.), common EMA wrappers, and LaMa-style trainers (generator_average. / generator.).
+NETWORK_PREFIXES = ("ema_net.", "net_ema.", "ema.module.", "ema.", "net.", "generator_average.", "generator.")
+
+
+def tensor_dict(obj: Any) -> StateDict | None:
+    """The string-keyed tensor entries of a dict (bookkeeping values dropped), or None when it holds none."""
+    if not isinstance(obj, collections.abc.Mapping):
+        return None
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    return tensors or None
+
+
+def strip_module(state_dict: StateDict) -> StateDict:
+    """Drop DataParallel's `module.` prefix and the step counter of torch's AveragedModel (`n_averaged`)."""
+    return {k.removeprefix("module."): v for k, v in state_dict.items() if k != "n_averaged"}
+
+
+def tensor_dicts(raw: Any) -> list[StateDict]:
+    """The tensor dicts of a loaded file: each release container (EMA first), then the top level."""
+    found = [tensor_dict(raw.get(name)) for name in RELEASE_CONTAINERS] if isinstance(raw, dict) else []
+    return [d for d in [*found, tensor_dict(raw)] if d is not None]
+
+
+def candidate_networks(raw: Any) -> list[StateDict]:
+    """Every place a file may hold a network, most preferred first: per tensor dict (tensor_dicts order), the
+    part under each known prefix (EMA first), then the dict itself; `module.` removed. A loader takes the first
+    candidate that has its network's signature key."""
+    candidates = []
+    for tensors in tensor_dicts(raw):
+        for prefix in NETWORK_PREFIXES:
+            sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if sub:
+                candidates.append(strip_module(sub))
+        candidates.append(strip_module(tensors))
+    return candidates

@@ -18,19 +18,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from core.errors import CheckpointError
-from core.weights import load_weights_file
+from core.weights import StateDict, candidate_networks, load_weights_file
 from diffir.networks import DiffIRS1, DiffIRS2
 
-StateDict = dict[str, torch.Tensor]
-
-# Containers of release files, EMA first; then prefixes under which checkpoints store the network, EMA first
-# (suite LightningModules, then the official inpainting trainer's ``generator_average`` / ``generator``).
-RELEASE_CONTAINERS = ("params_ema", "params", "state_dict", "model", "net")
-NETWORK_PREFIXES = ("ema_net.", "net_ema.", "ema.module.", "net.", "generator_average.", "generator.")
 G_SIGNATURE = "G.patch_embed.proj.weight"
 S1_SIGNATURE = "E.E.0.weight"
 S2_SIGNATURES = ("condition.E.0.weight", "diffusion.condition.E.0.weight")
@@ -44,30 +37,10 @@ class DiffIRWeightsError(CheckpointError, ValueError):
     """A file that cannot be read as DiffIR network weights (a ValueError and a suite CheckpointError)."""
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _strip_module(state_dict: StateDict) -> StateDict:
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
 def _is_diffir(state_dict: StateDict) -> bool:
     if G_SIGNATURE not in state_dict:
         return False
     return S1_SIGNATURE in state_dict or any(s in state_dict for s in S2_SIGNATURES)
-
-
-def _network_in(state_dict: StateDict) -> StateDict | None:
-    """The DiffIR network in a flat tensor dict: the dict itself, or the part under a known prefix."""
-    state_dict = _strip_module(state_dict)
-    if _is_diffir(state_dict):
-        return state_dict
-    for prefix in NETWORK_PREFIXES:
-        sub = _strip_module({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
-        if _is_diffir(sub):
-            return sub
-    return None
 
 
 def load_state_dict_any(path: str | os.PathLike, map_location: Any = "cpu", *, trusted: bool = False
@@ -82,13 +55,10 @@ def load_state_dict_any(path: str | os.PathLike, map_location: Any = "cpu", *, t
     raw = load_weights_file(path, map_location, trusted, DiffIRWeightsError)
     if not isinstance(raw, dict):
         raise DiffIRWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
-    candidates = [raw[k] for k in RELEASE_CONTAINERS if _is_tensor_dict(raw.get(k))]
-    if _is_tensor_dict(raw):
-        candidates.append(raw)
+    candidates = candidate_networks(raw)
     for candidate in candidates:
-        found = _network_in(candidate)
-        if found is not None:
-            return found
+        if _is_diffir(candidate):
+            return candidate
     sample = next(iter(candidates[0])) if candidates else next(iter(raw), "nothing")
     raise DiffIRWeightsError(
         f"{path}: not a DiffIR network (no '{G_SIGNATURE}' with a CPEN 'E.*' or 'condition.*'; "

@@ -22,15 +22,10 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
-from core.weights import load_weights_file
+from core.weights import StateDict, candidate_networks, load_weights_file, strip_module
 from diffpir.prior.unet import PRESETS, GuidedUNet
 
-StateDict = dict[str, torch.Tensor]
-
 SIGNATURE = "input_blocks.0.0.weight"
-# EMA copies first: they are what gets evaluated.
-NETWORK_PREFIXES = ("ema_net.", "net_ema.", "ema.module.", "net.")
-CONTAINERS = ("state_dict", "params_ema", "params", "model")
 # Signatures of the suite's other networks, to say what a wrong file is.
 FOREIGN_NETWORKS = {
     "init_conv.weight": "an IR-SDE network (ConditionalUNet)",
@@ -50,29 +45,6 @@ class PriorWeightsError(CheckpointError, ValueError):
     """A file that cannot be read as a guided-diffusion prior (a ValueError and a suite CheckpointError)."""
 
 
-def _tensor_dict(obj: Any) -> StateDict | None:
-    """The string-keyed tensor entries of a dict (bookkeeping values dropped), or None without any."""
-    if not isinstance(obj, Mapping):
-        return None
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    return tensors or None
-
-
-def _strip_module(state_dict: StateDict) -> StateDict:
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
-
-def _networks_in(state_dict: StateDict) -> list[StateDict]:
-    """The candidate networks of a flat tensor dict: under each known prefix (EMA first), then as is."""
-    found = []
-    for prefix in NETWORK_PREFIXES:
-        sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if sub:
-            found.append(_strip_module(sub))
-    found.append(_strip_module(state_dict))
-    return found
-
-
 def _describe_foreign(state_dict: StateDict) -> str | None:
     for key, what in FOREIGN_NETWORKS.items():
         if key in state_dict:
@@ -84,10 +56,7 @@ def extract_state_dict(raw: Any, path: str | os.PathLike) -> StateDict:
     """The guided-diffusion UNet state dict in a loaded file (EMA copy preferred), with official key names."""
     if not isinstance(raw, Mapping):
         raise PriorWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
-    tensor_dicts = [d for d in (_tensor_dict(raw.get(c)) for c in CONTAINERS) if d is not None]
-    if (top := _tensor_dict(raw)) is not None:
-        tensor_dicts.append(top)
-    candidates = [net for d in tensor_dicts for net in _networks_in(d)]
+    candidates = candidate_networks(raw)
     for candidate in candidates:
         if SIGNATURE in candidate:
             return candidate
@@ -156,7 +125,7 @@ def infer_config(
     multiples of 64 fall back to 4 heads). A shape field in ``hints`` that contradicts the weights raises
     ValueError.
     """
-    sd = _strip_module(dict(state_dict))
+    sd = strip_module(dict(state_dict))
     if "label_emb.weight" in sd:
         raise ValueError("a class-conditional guided-diffusion model (label_emb); DiffPIR needs an "
                          "unconditional one")

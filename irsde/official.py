@@ -3,8 +3,9 @@
 Official releases (Algolzw/image-restoration-sde, e.g. ``lastest_EMA.pth``) are plain state dicts of
 ``ConditionalUNet`` or ``ConditionalNAFNet``, sometimes with the ``module.`` prefix of DataParallel. Our
 networks use the official module names, so the key mapping is the identity once that prefix is gone
-(:func:`official_to_suite_keys`). The constructor arguments are not stored in those files, so they are read
-off the weights' shapes (the released inpainting UNet, for example, is nf=32 although its yml says 64).
+(:func:`core.weights.candidate_networks` finds the network in a file). The constructor arguments are not
+stored in those files, so they are read off the weights' shapes (the released inpainting UNet, for example,
+is nf=32 although its yml says 64).
 """
 
 from __future__ import annotations
@@ -18,16 +19,10 @@ import torch
 from torch import nn
 
 from core.errors import CheckpointError
-from core.weights import load_weights_file
+from core.weights import StateDict, candidate_networks, load_weights_file, strip_module, tensor_dicts
 from irsde.nets.nafnet import ConditionalNAFNet
 from irsde.nets.unet import ConditionalUNet
 
-StateDict = dict[str, torch.Tensor]
-
-# Prefixes under which a suite LightningModule stores a network, EMA copies first (what is evaluated).
-SUITE_PREFIXES = ("ema_net.", "ema.module.", "ema.", "net_ema.", "net.")
-# Containers used by release files of this and related repositories, EMA first.
-RELEASE_CONTAINERS = ("params_ema", "params", "state_dict", "model", "net")
 UNET_SIGNATURE = "init_conv.weight"
 NAFNET_SIGNATURE = "intro.weight"
 
@@ -36,33 +31,8 @@ class IRSDEWeightsError(CheckpointError, ValueError):
     """A file that cannot be read as IR-SDE network weights (a ValueError and a suite CheckpointError)."""
 
 
-def official_to_suite_keys(state_dict: StateDict) -> StateDict:
-    """Map official parameter names to ours: the identity, after dropping DataParallel's ``module.`` prefix.
-
-    ``n_averaged`` (the counter of torch's AveragedModel EMA wrapper) is not a network parameter: dropped.
-    """
-    out: StateDict = {}
-    for key, value in state_dict.items():
-        key = key.removeprefix("module.")
-        if key != "n_averaged":
-            out[key] = value
-    return out
-
-
-def _tensors_of(obj: Any) -> StateDict | None:
-    """The tensor entries of a dict (other bookkeeping values dropped), or None when it holds no tensor."""
-    if not isinstance(obj, dict):
-        return None
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    return tensors or None
-
-
 def _has_network(state_dict: StateDict) -> bool:
     return UNET_SIGNATURE in state_dict or NAFNET_SIGNATURE in state_dict
-
-
-def _under_prefix(state_dict: StateDict, prefix: str) -> StateDict:
-    return official_to_suite_keys({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
 
 
 def load_state_dict_any(
@@ -82,20 +52,13 @@ def load_state_dict_any(
     if not isinstance(raw, dict):
         raise IRSDEWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
 
-    found = [_tensors_of(raw.get(name)) for name in RELEASE_CONTAINERS] + [_tensors_of(raw)]
-    candidates = [c for c in found if c is not None]
-    if not candidates:
+    dicts = tensor_dicts(raw)
+    if not dicts:
         raise IRSDEWeightsError(f"{path}: no tensor dict found; top-level keys: {sorted(map(str, raw))[:8]}")
-
-    for state_dict in candidates:
-        for prefix in SUITE_PREFIXES:
-            selected = _under_prefix(state_dict, prefix)
-            if _has_network(selected):
-                return selected
-        plain = official_to_suite_keys(state_dict)
-        if _has_network(plain):
-            return plain
-    return official_to_suite_keys(candidates[0])
+    for candidate in candidate_networks(raw):
+        if _has_network(candidate):
+            return candidate
+    return strip_module(dicts[0])
 
 
 def _indices(state_dict: StateDict, pattern: str) -> list[int]:
