@@ -48,7 +48,12 @@ class _DiffIRBase(nn.Module):
     def out_scale(self) -> int:
         return self.G.out_scale
 
+    def _pad(self, lq: torch.Tensor) -> torch.Tensor:
+        """Reflect-pad right/bottom to the DIRformer's multiple (what CPEN and DIRformer both see)."""
+        return pad_to_multiple(lq, self.G.size_multiple)[0]
+
     def _crop(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Back to the input's size (times the SR scale)."""
         return out[..., : h * self.out_scale, : w * self.out_scale]
 
 
@@ -133,14 +138,13 @@ class DiffIRS2(_DiffIRBase):
 
     def estimate_ipr(self, lq: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The sampled IPR (B, 256) for a low-quality image."""
-        lq_pad, _, _ = pad_to_multiple(lq, self.G.size_multiple)
-        return self.diffusion.sample(self.condition(lq_pad), noise)
+        return self.diffusion.sample(self.condition(self._pad(lq)), noise)
 
     def forward_train(self, lq: torch.Tensor, ipr_s1: torch.Tensor, noise: torch.Tensor | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(restored, predicted IPR, IPR after each of the T reverse steps), all in the autograd graph."""
         h, w = lq.shape[-2:]
-        lq_pad, _, _ = pad_to_multiple(lq, self.G.size_multiple)
+        lq_pad = self._pad(lq)
         ipr, steps = self.diffusion.train_chain(ipr_s1, self.condition(lq_pad), noise)
         return self._crop(self.G(lq_pad, ipr), h, w), ipr, steps
 
@@ -149,6 +153,5 @@ class DiffIRS2(_DiffIRBase):
         if ipr_s1 is not None:
             return self.forward_train(lq, ipr_s1, noise)[0]
         h, w = lq.shape[-2:]
-        lq_pad, _, _ = pad_to_multiple(lq, self.G.size_multiple)
-        ipr = self.diffusion.sample(self.condition(lq_pad), noise)
-        return self._crop(self.G(lq_pad, ipr), h, w)
+        lq_pad = self._pad(lq)
+        return self._crop(self.G(lq_pad, self.diffusion.sample(self.condition(lq_pad), noise)), h, w)
