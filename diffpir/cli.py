@@ -26,7 +26,9 @@ GENERATED_MASKS = ("batch", "box", "pixels", "strokes")
 
 
 def wants_diffpir(args: dict) -> bool:
-    model = args.get("model")
+    from core.cli import group_choice
+
+    model = group_choice(args, "model")  # model.sde.T=... style overrides are not a choice
     if model is not None and model != "diffpir":
         raise ConfigError(f"model={model}: only model=diffpir is chosen this way (checkpoints carry their model)")
     return model == "diffpir"

@@ -133,3 +133,13 @@ def test_bad_options_fail_clearly(prior):
         restorer.restore(torch.rand(1, 3, 32, 32), mask=torch.ones(1, 1, 32, 32), tile=16)
     with pytest.raises(DataError, match="sums to"):
         DiffPIRRestorer(prior, "deblur_gaussian", kernel=torch.ones(3, 3)).restore(torch.rand(1, 3, 32, 32))
+
+
+def test_only_model_equals_diffpir_selects_diffpir_on_the_command_line():
+    from core.cli import parse_overrides
+    from diffpir.cli import wants_diffpir
+
+    assert wants_diffpir(dict(parse_overrides(["model=diffpir", "task=inpainting"]).items()))
+    assert not wants_diffpir(dict(parse_overrides(["ckpt=x.ckpt", "model.sampler.steps=5"]).items()))
+    with pytest.raises(ConfigError, match="model=irsde"):
+        wants_diffpir(dict(parse_overrides(["model=irsde"]).items()))
