@@ -431,4 +431,4 @@ def test_experiment_builds_its_module_optimizer_and_callbacks(experiment):
         assert max(progressive.batch_sizes) == cfg.data.batch_size
     assert module.inpainting == ("inpaint" in experiment)
     if module.stage == 2 and ("inpaint" in experiment or "_sr" in experiment):
-        assert cfg.model.encoder_iter == 0  # official SR / inpainting recipes: joint from the start
+        assert module.encoder_iter == 0  # official SR / inpainting / S2-GAN recipes: joint from the start
