@@ -197,6 +197,9 @@ def _write_preview(path: Path, panels) -> None:
     from core.io import write_image
 
     width = max(p.shape[1] for p in panels)
+    zoom = max(1, 384 // width)  # tiny images (the demo faces) are enlarged by pixel repetition to be seen
+    panels = [p.repeat(zoom, axis=0).repeat(zoom, axis=1) for p in panels]
+    width *= zoom
     rows = [np.pad(p, ((0, 4), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in panels]
     write_image(path, np.concatenate(rows, axis=0))
 
