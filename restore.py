@@ -47,6 +47,10 @@ def main(argv: list[str]) -> list[Path]:
         module, _ = restorer_from_args(args)
     elif args.get("ckpt"):
         module, _ = module_from_checkpoint(args["ckpt"], overrides)
+        if hasattr(module, "restorer"):  # a DiffPIR prior: the task and its mask/kernel must be named
+            raise ConfigError(f"ckpt={args['ckpt']} is a DiffPIR prior: restore with model=diffpir "
+                              f"prior_ckpt={args['ckpt']} task=inpainting|sr_x4|deblur_gaussian|... "
+                              "(and mask= or kernel=)")
     elif args.get("weights") and args.get("experiment"):
         module, _ = module_from_weights(args["weights"], args["experiment"])
     else:

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from core.cli import CONFIG_DIR  # noqa: E402
-from core.errors import CheckpointError, DataError  # noqa: E402
+from core.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from core.io import read_image, write_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +104,14 @@ def test_restore_super_resolves_and_rejects_a_kernel_that_does_not_sum_to_one(pr
     np.save(tmp_path / "k.npy", np.full((3, 3), 0.2))
     with pytest.raises(DataError, match="sums to 1.8"):
         restore.main([*common, "task=deblur_gaussian", f"kernel={tmp_path / 'k.npy'}"])
+
+
+def test_restore_with_the_prior_as_ckpt_says_how_to_run_diffpir(prior_ckpt, tmp_path):
+    import restore
+
+    write_image(tmp_path / "in.png", np.full((16, 16, 3), 128, np.uint8))
+    with pytest.raises(ConfigError, match="model=diffpir"):
+        restore.main([f"ckpt={prior_ckpt}", f"input={tmp_path / 'in.png'}", f"output={tmp_path / 'out'}"])
 
 
 def test_a_prior_of_the_wrong_kind_is_refused():
