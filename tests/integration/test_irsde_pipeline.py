@@ -35,7 +35,8 @@ def test_evaluate_checkpoint(trained_run, tmp_path):
         assert np.isfinite(saved[key]) and saved[key] == pytest.approx(summary[key])
     assert len(list((out / "images").glob("*.png"))) == 5
     assert (out / "per_image.csv").read_text().count("\n") == 6
-    assert read_image(out / "preview.png").shape[1] == 3 * 32 + 2 * 4
+    panel_width = 3 * 32 + 2 * 4  # LQ | restored | GT with 4-px gaps, enlarged x3 (tiny images, to be seen)
+    assert read_image(out / "preview.png").shape[1] == panel_width * (384 // panel_width)
 
 
 def test_restore_folder_any_size_with_tiles(trained_run, tmp_path):
