@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tests.integration.conftest import tiny_config
 from tests.integration.wandb_records import logged
 
@@ -19,8 +21,14 @@ def test_wandb_offline_run_has_logged_keys(tmp_path, monkeypatch):
     wandb.finish()
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "an offline run directory, to sync later with `wandb sync`"
-    history, config = logged(next(runs[0].glob("run-*.wandb")))
-    for key in ("train/loss", "val/psnr", "val/ssim", "lr-Adam", "val/panels/count", "trainer/global_step"):
+    expected = {"train/loss", "val/psnr", "val/ssim", "lr-Adam", "val/panels/count", "trainer/global_step"}
+    # wandb's service process writes the run file asynchronously: give it a moment after finish()
+    for _ in range(40):
+        history, config = logged(next(runs[0].glob("run-*.wandb")))
+        if expected <= history:
+            break
+        time.sleep(0.5)
+    for key in sorted(expected):
         assert key in history, f"{key} not logged; got {sorted(history)}"
     assert {"model", "data", "trainer"} <= config, sorted(config)
     assert list((runs[0] / "files" / "media" / "images").rglob("*.png")), "LQ | restored | GT panels"
