@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.cli import parse_overrides, user_errors
+from core.cli import check_override_keys, parse_overrides, user_errors
 from diffpir.cli import KEYS as DIFFPIR_KEYS
 
 # keys of evaluate.py itself; every other key=value overrides the run config (data.root=..., model.sde.T=...)
@@ -76,6 +76,7 @@ def evaluate_model(args) -> dict:
     diffpir = wants_diffpir(args)
     own = EVAL_KEYS + (DIFFPIR_KEYS if diffpir else ())
     overrides = OmegaConf.create({k: v for k, v in args.items() if k not in own})
+    check_override_keys(overrides, own)
     if diffpir:
         module, cfg = _diffpir_module(args, overrides)
         source = f"DiffPIR prior {args['prior_ckpt']}"

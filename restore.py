@@ -19,7 +19,7 @@ import sys
 import zlib
 from pathlib import Path
 
-from core.cli import parse_overrides, user_errors
+from core.cli import check_override_keys, parse_overrides, user_errors
 from diffpir.cli import KEYS as DIFFPIR_KEYS
 
 OWN_KEYS = ("ckpt", "weights", "experiment", "input", "output", "tile", "overlap", "sampler", "steps", "sigma",
@@ -43,6 +43,7 @@ def main(argv: list[str]) -> list[Path]:
 
     diffpir = wants_diffpir(args)
     overrides = OmegaConf.create({k: v for k, v in args.items() if k not in OWN_KEYS + DIFFPIR_KEYS})
+    check_override_keys(overrides, OWN_KEYS + (DIFFPIR_KEYS if diffpir else ()))
     if diffpir:
         module, _ = restorer_from_args(args)
     elif args.get("ckpt"):

@@ -54,6 +54,23 @@ def group_choice(overrides, group: str) -> str | None:
     return None
 
 
+def run_config_sections() -> set[str]:
+    """Top-level keys of a run config: configs/train.yaml's own keys and its config groups."""
+    cfg = OmegaConf.load(CONFIG_DIR / "train.yaml")
+    groups = {str(next(iter(e))) if isinstance(e, (dict, DictConfig)) else str(e) for e in cfg.get("defaults", [])}
+    return (set(cfg) | groups) - {"defaults", "_self_"}
+
+
+def check_override_keys(overrides, own_keys) -> None:
+    """Every key=value that is not an entry point's own option must address a section of the run config, so a
+    typo (stpes=10) is an error instead of a silently ignored setting."""
+    sections = run_config_sections()
+    unknown = [str(k) for k in overrides if str(k) not in sections]
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]}=...: the options are {', '.join(own_keys)}; other keys "
+                          f"override the run config ({', '.join(sorted(sections))}), e.g. data.root=DIR")
+
+
 def load_group(group: str, option: str) -> DictConfig:
     """configs/<group>/<option>.yaml, with its own defaults list resolved (one level, same group)."""
     path = CONFIG_DIR / group / f"{option}.yaml"

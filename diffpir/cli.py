@@ -69,7 +69,10 @@ def restorer_from_args(args: dict[str, Any]):
     prior = load_prior(path, preset=args.get("preset"))
     config = stored_config(path)
     schedule_cfg = ((config or {}).get("model") or {}).get("schedule") or {}
-    mask = args.get("mask", "batch")
+    mask = str(args.get("mask", "batch"))
+    if mask not in GENERATED_MASKS and not Path(mask).exists():
+        raise ConfigError(f"mask={mask}: use batch (the data's masks), box, pixels, strokes, or a mask file / "
+                          "folder of masks named like the inputs (restore.py; white = known pixel)")
     settings = {name: args[key] for key, name in SETTING_KEYS.items() if args.get(key) is not None}
     restorer = DiffPIRRestorer(
         prior, str(args["task"]), schedule=DDPMSchedule(**schedule_cfg),

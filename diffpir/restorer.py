@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from diffpir.sampler import TASK_DEFAULTS, diffpir_sample
+from diffpir.sampler import TASK_DEFAULTS, check_settings, diffpir_sample
 from diffpir.schedule import DDPMSchedule
 from diffpir.tasks import (
     KERNEL_SIZE,
@@ -53,6 +53,8 @@ class DiffPIRRestorer(nn.Module):
         if unknown:
             raise ConfigError(f"DiffPIR has no setting {', '.join(unknown)}; settings: {', '.join(SETTINGS)}")
         self.settings = {**TASK_DEFAULTS[self.task.family], **{k: v for k, v in settings.items() if v is not None}}
+        s = self.settings
+        check_settings(float(s["sigma_n"]), float(s["lam"]), float(s["zeta"]), float(s.get("eta", 0.0)))
         self.schedule.timesteps(int(self.settings["nfe"]), self.settings["skip"], self.settings["t_start"])
 
     def restore_extras(self, batch: dict, device: torch.device | None = None) -> dict:

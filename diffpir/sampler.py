@@ -80,7 +80,7 @@ def _initial_state(
     return ratio * estimate + math.sqrt(missing_var) * noise
 
 
-def _check_settings(sigma_n: float, lam: float, zeta: float, eta: float) -> None:
+def check_settings(sigma_n: float, lam: float, zeta: float, eta: float) -> None:
     if not sigma_n >= 0:
         raise ConfigError(f"sigma_n={sigma_n} must be >= 0 (the noise std of y in [0, 1] units)")
     if not lam > 0:
@@ -126,7 +126,7 @@ def diffpir_sample(
     prediction after its data step.
     """
     _require_batch(y)
-    _check_settings(sigma_n, lam, zeta, eta)
+    check_settings(sigma_n, lam, zeta, eta)
     schedule = schedule if schedule is not None else DDPMSchedule()
     steps = schedule.timesteps(nfe, skip, t_start)
     y_model = y * 2.0 - 1.0

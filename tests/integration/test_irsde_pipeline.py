@@ -109,6 +109,21 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
+def test_a_misspelt_option_is_an_error_not_ignored(trained_run, tmp_path):
+    import evaluate
+    import restore
+    from core.errors import ConfigError
+
+    ckpt = f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(ConfigError, match="unknown option stpes"):
+        evaluate.main([ckpt, "stpes=3"])
+    with pytest.raises(ConfigError, match="unknown option tiles"):
+        restore.main([ckpt, "input=x.png", f"output={tmp_path}", "tiles=64"])
+    summary = evaluate.main([ckpt, "model.sampler.steps=2", "data.task=rain", "max_images=1", "progress=false",
+                             "perceptual=false", f"out={tmp_path / 'ok'}"])  # config overrides still work
+    assert summary["nfe"] == 2
+
+
 def test_score_existing_folders(tmp_path):
     import evaluate
     from core.metrics import calculate_psnr, calculate_ssim

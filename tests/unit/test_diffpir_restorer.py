@@ -126,6 +126,8 @@ def test_bad_options_fail_clearly(prior):
         DiffPIRRestorer(prior, "inpainting", gamma=1)
     with pytest.raises(ConfigError, match="mask="):
         DiffPIRRestorer(prior, "inpainting", mask="circle")
+    with pytest.raises(ConfigError, match="lam=-1"):
+        DiffPIRRestorer(prior, "sr_x2", lam=-1.0)  # at once, not after the prior has loaded and data is read
     restorer = DiffPIRRestorer(prior, "inpainting")
     with pytest.raises(ConfigError, match="needs the mask"):
         restorer.restore(torch.rand(1, 3, 32, 32))
@@ -133,6 +135,17 @@ def test_bad_options_fail_clearly(prior):
         restorer.restore(torch.rand(1, 3, 32, 32), mask=torch.ones(1, 1, 32, 32), tile=16)
     with pytest.raises(DataError, match="sums to"):
         DiffPIRRestorer(prior, "deblur_gaussian", kernel=torch.ones(3, 3)).restore(torch.rand(1, 3, 32, 32))
+
+
+def test_cli_mask_must_be_a_kind_or_an_existing_file(tmp_path, prior):
+    from diffpir.cli import restorer_from_args
+
+    torch.save(prior.state_dict(), tmp_path / "prior.pt")
+    with pytest.raises(ConfigError, match="mask=circle"):
+        restorer_from_args({"prior_ckpt": str(tmp_path / "prior.pt"), "task": "inpainting", "mask": "circle"})
+    restorer, stored = restorer_from_args({"prior_ckpt": str(tmp_path / "prior.pt"), "task": "inpainting",
+                                           "mask": str(tmp_path)})
+    assert stored is None and restorer.mask_kind == "batch"  # a folder of masks: restore.py reads them per image
 
 
 def test_only_model_equals_diffpir_selects_diffpir_on_the_command_line():
