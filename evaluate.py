@@ -156,7 +156,7 @@ def evaluate_model(args) -> dict:
 
 def _diffpir_module(args, overrides):
     """(DiffPIRRestorer, config with the data to evaluate on): the prior's training data unless data= is given."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from core.cli import apply_overrides, group_choice
     from core.errors import ConfigError
@@ -171,7 +171,11 @@ def _diffpir_module(args, overrides):
     else:
         raise ConfigError(f"prior_ckpt={args['prior_ckpt']} carries no data settings: choose the images to "
                           "evaluate on with data=celebahq|div2k|demo_faces|folders|... (and data.root=DIR)")
-    return restorer, apply_overrides(base, overrides)
+    cfg = apply_overrides(base, overrides)
+    given = overrides.get("data") if isinstance(overrides.get("data"), (dict, DictConfig)) else {}
+    if restorer.task.is_sr and "metric_crop_border" not in given:
+        cfg.data.metric_crop_border = restorer.task.scale  # the official DiffPIR SR scores crop `scale` pixels
+    return restorer, cfg
 
 
 def _dotlist(cfg) -> list[str]:

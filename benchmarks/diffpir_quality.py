@@ -82,7 +82,7 @@ def load_faces(image_size: int, max_images: int | None) -> list[dict[str, Any]]:
 
 def metric_convention(image_size: int) -> tuple[bool, int]:
     """(Y channel?, crop border) of the demo faces' data module (configs/data/demo_faces.yaml): what evaluate.py
-    scores with whatever the DiffPIR task."""
+    scores with, except that SR tasks crop `scale` pixels (the official DiffPIR SR scores; evaluate.py too)."""
     from data.datamodules import DemoDataModule
 
     datamodule = DemoDataModule(task="inpaint", source="faces", image_size=image_size, patch_size=image_size)
@@ -277,11 +277,13 @@ def benchmark(args: argparse.Namespace, prior: Path, device: torch.device) -> di
     tasks: dict[str, Any] = {}
     for task in args.tasks:
         restorer = build_restorer(prior, task, device)
+        task_crop = restorer.task.scale if restorer.task.is_sr else crop
         runs = [
-            score_task(restorer, batches, n, args.seed, device, args.precision == "bf16", y_channel, crop)
+            score_task(restorer, batches, n, args.seed, device, args.precision == "bf16", y_channel, task_crop)
             for n in args.nfe
         ]
         tasks[task] = {
+            "crop_border": task_crop,
             "arguments": TASK_ARGS[task],
             "sampler": {k: v for k, v in restorer.sampler_summary().items() if k not in ("nfe", "steps")},
             "describe": restorer.describe(),
@@ -300,7 +302,8 @@ def benchmark(args: argparse.Namespace, prior: Path, device: torch.device) -> di
             "seed": args.seed,
             "image_size": args.image_size,
             "precision": args.precision,
-            "metrics": {"y_channel": y_channel, "crop_border": crop, "quantised_8bit": True},
+            "metrics": {"y_channel": y_channel, "crop_border": crop, "sr_crop_border": "the scale",
+                        "quantised_8bit": True},
             "seeding": "image i: torch.Generator seeded seed + i draws the measurement, then the sampler noise",
         },
         "machine": machine_info(device),

@@ -20,10 +20,12 @@ from torch import nn  # noqa: E402
 FFHQ_PARAMS = 93_563_910  # ffhq_10m.pt, counted on the released file (shared/reference/diffpir-official.md)
 
 
-def numpy_psnr(restored: torch.Tensor, gt: torch.Tensor) -> float:
-    """PSNR of the 8-bit versions of two CHW images in [0, 1], written out from the definition."""
+def numpy_psnr(restored: torch.Tensor, gt: torch.Tensor, border: int = 0) -> float:
+    """PSNR of the 8-bit versions of two CHW images in [0, 1], `border` pixels cropped, from the definition."""
     a = np.round(np.clip(restored.numpy().astype(np.float32), 0, 1) * 255).astype(np.float64)
     b = np.round(np.clip(gt.numpy().astype(np.float32), 0, 1) * 255).astype(np.float64)
+    if border:
+        a, b = a[:, border:-border, border:-border], b[:, border:-border, border:-border]
     return float(10 * np.log10(255.0**2 / np.mean((a - b) ** 2)))
 
 
@@ -264,39 +266,27 @@ def test_quality_quick_recomputed_by_hand(quality_run: dict):
         for task, (y, restored) in cases.items():
             entry = data["tasks"][task]
             two = entry["results"][0]
-            assert two["per_image_psnr"][position] == pytest.approx(numpy_psnr(restored[0], gt[0]), abs=1e-6), task
+            border = 2 if task == "sr_x2" else 0  # SR scores crop `scale` pixels, as the official DiffPIR
+            assert entry["crop_border"] == border
+            assert two["per_image_psnr"][position] == pytest.approx(numpy_psnr(restored[0], gt[0], border),
+                                                                     abs=1e-6), task
             if entry["input"] is not None:
                 assert entry["input"]["per_image_psnr"][position] == pytest.approx(numpy_psnr(y[0], gt[0]), abs=1e-6)
     assert quality_run["plot"].is_file() and quality_run["plot"].stat().st_size > 1000
 
 
 def test_quality_matches_evaluate_py(quality_run: dict):
-    """The benchmark's numbers are those of `python evaluate.py model=diffpir ...` with the same arguments."""
+    """The benchmark's numbers are those of `python evaluate.py model=diffpir ...` with the same arguments (for
+    SR also the border crop of `scale` pixels)."""
     import evaluate
 
-    out = quality_run["tmp"] / "eval"
-    evaluate.main(
-        [
-            "model=diffpir",
-            f"prior_ckpt={quality_run['prior_path']}",
-            "data=demo_faces",
-            "task=deblur_gaussian",
-            "kernel_size=9",
-            "noise_sigma=0.01",
-            "nfe=3",
-            "max_images=2",
-            "seed=5",
-            "perceptual=false",
-            "save_images=false",
-            "panels=0",
-            "progress=false",
-            f"out={out}",
-        ]
-    )
-    with open(out / "per_image.csv") as f:
-        rows = list(csv.DictReader(f))
-    row = next(r for r in quality_run["data"]["tasks"]["deblur_gaussian"]["results"] if r["nfe"] == 3)
-    assert [float(r["psnr"]) for r in rows] == pytest.approx(row["per_image_psnr"], abs=1e-5)
-    assert [float(r["ssim"]) for r in rows] == pytest.approx(row["per_image_ssim"], abs=1e-5)
-    expected_input = quality_run["data"]["tasks"]["deblur_gaussian"]["input"]["per_image_psnr"]
-    assert [float(r["psnr_input"]) for r in rows] == pytest.approx(expected_input, abs=1e-5)
+    for task, extra in (("deblur_gaussian", ["kernel_size=9"]), ("sr_x2", [])):
+        out = quality_run["tmp"] / f"eval_{task}"
+        evaluate.main(["model=diffpir", f"prior_ckpt={quality_run['prior_path']}", "data=demo_faces", f"task={task}",
+                       *extra, "noise_sigma=0.01", "nfe=3", "max_images=2", "seed=5", "perceptual=false",
+                       "save_images=false", "panels=0", "progress=false", f"out={out}"])
+        with open(out / "per_image.csv") as f:
+            rows = list(csv.DictReader(f))
+        row = next(r for r in quality_run["data"]["tasks"][task]["results"] if r["nfe"] == 3)
+        assert [float(r["psnr"]) for r in rows] == pytest.approx(row["per_image_psnr"], abs=1e-5), task
+        assert [float(r["ssim"]) for r in rows] == pytest.approx(row["per_image_ssim"], abs=1e-5), task
