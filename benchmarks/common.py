@@ -252,3 +252,51 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small pieces every speed script uses
+# ----------------------------------------------------------------------------------------------------------
+
+
+def count_params(module: torch.nn.Module | None) -> int:
+    """Parameters of a network (0 for an absent part)."""
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, or None when either is missing or zero (a speedup that was not measured)."""
+    return numerator / denominator if numerator and denominator else None
+
+
+def format_cell(value: float | None, spec: str) -> str:
+    """A table cell: the value formatted, or "-" when it was not measured."""
+    return "-" if value is None else format(value, spec)
+
+
+def speed_main(
+    argv: list[str] | None,
+    *,
+    parse_args: Callable[[list[str] | None], Any],
+    resolve_settings: Callable[[Any], dict[str, int]],
+    probe_main: Callable[[Any, dict[str, int], torch.device], None],
+    benchmark: Callable[[Any, dict[str, int], torch.device], dict[str, Any]],
+    format_report: Callable[[dict[str, Any]], str],
+    default_out: Path,
+    quick_out: Path,
+) -> dict[str, Any]:
+    """The command line of a speed script: parse, then either run one memory probe (``--probe``, in a fresh
+    process started by ``run_probes``) or the whole benchmark, write the JSON and print the report."""
+    args = parse_args(argv)
+    settings = resolve_settings(args)
+    device = pick_device(args.device)
+    with torch_threads(args.threads):
+        if args.probe:
+            probe_main(args, settings, device)
+            return {}
+        result = benchmark(args, settings, device)
+    out = args.out or (quick_out if args.quick else default_out)
+    write_json(out, result)
+    print(format_report(result))
+    print(f"\nwrote {out}")
+    return result

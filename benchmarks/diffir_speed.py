@@ -50,17 +50,18 @@ from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     Precision,
+    count_params,
     emit_probe_result,
+    format_cell,
     load_average,
     machine_info,
     markdown_table,
     peak_rss_bytes,
-    pick_device,
+    ratio,
     ru_maxrss_bytes,
     run_probes,
+    speed_main,
     timed,
-    torch_threads,
-    write_json,
 )
 from core.ema import ema_update
 from diffir.cpen import IPR_DIM
@@ -118,10 +119,6 @@ def network_config(stage: int, quick: bool) -> dict[str, Any]:
 def build_network(stage: int, quick: bool, seed: int) -> nn.Module:
     torch.manual_seed(seed)  # same initial weights in every process and every precision configuration
     return NETWORKS[stage](**network_config(stage, quick))
-
-
-def count_params(module: nn.Module | None) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
 def param_split(net: nn.Module, stage: int) -> dict[str, int]:
@@ -453,10 +450,6 @@ def measure_memory(args: argparse.Namespace, settings: dict[str, int]) -> dict[s
 # ----------------------------------------------------------------------------------------------------------
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator and denominator else None
-
-
 def speedups(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, float | None]:
     """How many times faster ``fast`` is than ``slow`` (>1: fast is faster)."""
     return {
@@ -464,10 +457,6 @@ def speedups(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, float | No
         "odd_seconds_per_image": ratio(slow["odd_size"]["seconds_per_image"], fast["odd_size"]["seconds_per_image"]),
         "train_images_per_s": ratio(fast["train"]["images_per_s"], slow["train"]["images_per_s"]),
     }
-
-
-def _fmt(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def cost_table(result: dict[str, Any]) -> str:
@@ -514,7 +503,7 @@ def speed_table(result: dict[str, Any]) -> str:
     def row(label: str, values: dict[int, list[float | None]], fmt: str, key: str | None) -> list[str]:
         cells = [label]
         for stage in STAGES:
-            cells += [_fmt(v, fmt) for v in values[stage]]
+            cells += [format_cell(v, fmt) for v in values[stage]]
             speed = ups[stage].get(key) if key else None
             cells.append(f"{speed:.2f}x" if speed else "-")
         return cells
@@ -681,19 +670,9 @@ def benchmark(args: argparse.Namespace, settings: dict[str, int], device: torch.
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    settings = resolve_settings(args)
-    device = pick_device(args.device)
-    with torch_threads(args.threads):
-        if args.probe:
-            probe_main(args, settings, device)
-            return {}
-        result = benchmark(args, settings, device)
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    write_json(out, result)
-    print(format_report(result))
-    print(f"\nwrote {out}")
-    return result
+    return speed_main(argv, parse_args=parse_args, resolve_settings=resolve_settings, probe_main=probe_main,
+                      benchmark=benchmark, format_report=format_report, default_out=DEFAULT_OUT,
+                      quick_out=QUICK_OUT)
 
 
 if __name__ == "__main__":

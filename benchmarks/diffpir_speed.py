@@ -43,18 +43,19 @@ from benchmarks.common import (
     PRECISIONS,
     RESULTS_DIR,
     Precision,
+    count_params,
     emit_probe_result,
+    format_cell,
     load_average,
     machine_info,
     markdown_table,
     peak_rss_bytes,
-    pick_device,
+    ratio,
     repeat_timed,
     ru_maxrss_bytes,
     run_probes,
+    speed_main,
     timed,
-    torch_threads,
-    write_json,
 )
 from diffpir.prior.unet import PRESETS, GuidedUNet, small_config
 from diffpir.restorer import DiffPIRRestorer
@@ -106,10 +107,6 @@ def build_network(config: dict[str, Any], seed: int, device: torch.device | str 
             else:
                 param.zero_()
     return net.eval()
-
-
-def count_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 class ChannelsLastInput(nn.Module):
@@ -295,10 +292,6 @@ def measure_memory(args: argparse.Namespace, settings: dict[str, int]) -> dict[s
 # ----------------------------------------------------------------------------------------------------------
 
 
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator and denominator else None
-
-
 def speedups(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, Any]:
     """How many times faster ``fast`` is than ``slow`` (>1: fast is faster)."""
     return {
@@ -310,10 +303,6 @@ def speedups(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def format_report(result: dict[str, Any]) -> str:
     configs, memory, ups = result["configs"], result.get("memory") or {}, result["bf16_speedup"]
     s, network = result["settings"], result["network"]
@@ -321,7 +310,7 @@ def format_report(result: dict[str, Any]) -> str:
     header = ["", "fp32", "bf16 + channels_last", "bf16 speedup"]
 
     def row(label: str, values: list[float | None], fmt: str, speed: float | None = None) -> list[str]:
-        return [label, *[_fmt(v, fmt) for v in values], f"{speed:.2f}x" if speed else ""]
+        return [label, *[format_cell(v, fmt) for v in values], f"{speed:.2f}x" if speed else ""]
 
     def both(*path: str) -> list[float | None]:
         values = []
@@ -486,19 +475,9 @@ def benchmark(args: argparse.Namespace, settings: dict[str, int], device: torch.
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    settings = resolve_settings(args)
-    device = pick_device(args.device)
-    with torch_threads(args.threads):
-        if args.probe:
-            probe_main(args, settings, device)
-            return {}
-        result = benchmark(args, settings, device)
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    write_json(out, result)
-    print(format_report(result))
-    print(f"\nwrote {out}")
-    return result
+    return speed_main(argv, parse_args=parse_args, resolve_settings=resolve_settings, probe_main=probe_main,
+                      benchmark=benchmark, format_report=format_report, default_out=DEFAULT_OUT,
+                      quick_out=QUICK_OUT)
 
 
 if __name__ == "__main__":

@@ -36,19 +36,19 @@ from benchmarks.common import (
     PRECISIONS,
     RESULTS_DIR,
     Precision,
+    count_params,
     emit_probe_result,
     load_average,
     machine_info,
     markdown_table,
     mean,
     peak_rss_bytes,
-    pick_device,
+    ratio,
     repeat_timed,
     ru_maxrss_bytes,
     run_probes,
+    speed_main,
     timed,
-    torch_threads,
-    write_json,
 )
 from irsde import samplers
 from irsde.losses import matching_loss
@@ -94,10 +94,6 @@ def build_network(network: str, nf: int, depth: int, official_repo: str | None, 
     if official_repo is None:
         raise SystemExit("the official network needs --official-repo PATH")
     return official_unet_class(official_repo)(3, 3, nf, depth=depth)
-
-
-def count_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -270,10 +266,6 @@ def measure_memory(args: argparse.Namespace, settings: dict[str, int],
 # ----------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------
-
-
-def ratio(numerator: float | None, denominator: float | None) -> float | None:
-    return numerator / denominator if numerator and denominator else None
 
 
 def speedups(fast: dict[str, Any], slow: dict[str, Any]) -> dict[str, Any]:
@@ -456,19 +448,9 @@ def benchmark(args: argparse.Namespace, settings: dict[str, int], device: torch.
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    settings = resolve_settings(args)
-    device = pick_device(args.device)
-    with torch_threads(args.threads):
-        if args.probe:
-            probe_main(args, settings, device)
-            return {}
-        result = benchmark(args, settings, device)
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    write_json(out, result)
-    print(format_report(result))
-    print(f"\nwrote {out}")
-    return result
+    return speed_main(argv, parse_args=parse_args, resolve_settings=resolve_settings, probe_main=probe_main,
+                      benchmark=benchmark, format_report=format_report, default_out=DEFAULT_OUT,
+                      quick_out=QUICK_OUT)
 
 
 if __name__ == "__main__":
