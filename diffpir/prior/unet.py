@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TimeInput = int | float | torch.Tensor
+from core.timesteps import TimeInput, time_vector
 
 # The released unconditional 256x256 priors. Entries are GuidedUNet keyword arguments. The ImageNet model's
 # dropout is not among the published sampling flags (0.0 here); it only matters when training.
@@ -75,18 +75,6 @@ def small_config(**overrides: Any) -> dict[str, Any]:
         raise TypeError(f"small_config got unknown arguments {sorted(unknown)}")
     config.update(overrides)
     return config
-
-
-def timestep_vector(t: TimeInput, batch: int, device: torch.device) -> torch.Tensor:
-    """A (batch,) float32 vector from a number, or a tensor holding one value or one value per sample."""
-    if not isinstance(t, torch.Tensor):
-        return torch.full((batch,), float(t), device=device, dtype=torch.float32)
-    flat = t.detach().reshape(-1).to(device=device, dtype=torch.float32)
-    if flat.numel() == 1:
-        return flat.expand(batch)
-    if flat.numel() != batch:
-        raise ValueError(f"t has {flat.numel()} values for a batch of {batch}: give one or one per sample")
-    return flat
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -400,7 +388,7 @@ class GuidedUNet(nn.Module):
             raise ValueError(
                 f"image size {tuple(x.shape[-2:])} is not a multiple of {factor} (2 ** (levels - 1)); pad it"
             )
-        t_vec = timestep_vector(t, x.shape[0], x.device)
+        t_vec = time_vector(t, x.shape[0], x.device)
         param_dtype = self.out[-1].weight.dtype
         # The embedding MLP is tiny; keeping it in float32 under autocast keeps nearby timesteps distinct
         # (as the official fp16 mode does, which leaves time_embed in float32).

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from irsde.nets.unet import ChannelLayerNorm, SinusoidalPosEmb, TimeInput, time_vector
+from core.timesteps import TimeInput, time_vector
+from irsde.nets.unet import ChannelLayerNorm, SinusoidalPosEmb
 
 
 class SimpleGate(nn.Module):

@@ -28,23 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TimeInput = int | float | torch.Tensor
-
-
-def time_vector(t: TimeInput, batch: int, device: torch.device) -> torch.Tensor:
-    """Turn a number, a 0-d tensor, or a tensor of one or ``batch`` values into a (batch,) float vector.
-
-    The official code accepts only numbers and (B,) tensors; the SDE code around it sometimes hands over
-    (B, 1, 1, 1) or 0-d tensors, so every shape holding one value or one value per sample is accepted here.
-    """
-    if not isinstance(t, torch.Tensor):
-        return torch.full((batch,), float(t), device=device, dtype=torch.float32)
-    flat = t.detach().reshape(-1).to(device=device, dtype=torch.float32)
-    if flat.numel() == 1:
-        return flat.expand(batch)
-    if flat.numel() != batch:
-        raise ValueError(f"time has {flat.numel()} values for a batch of {batch}: give one or one per sample")
-    return flat
+from core.timesteps import TimeInput, time_vector
 
 
 class SinusoidalPosEmb(nn.Module):
