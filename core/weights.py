@@ -122,3 +122,15 @@ def candidate_networks(raw: Any) -> list[StateDict]:
                 candidates.append(strip_module(sub))
         candidates.append(strip_module(tensors))
     return candidates
+
+
+def state_dict_mismatch(expected: StateDict, given: StateDict, show: int = 3) -> str | None:
+    """Why `given` cannot load strictly into a network whose state dict is `expected` (None when it can):
+    the counts of missing, unexpected and differently shaped tensors, with a few names of each."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    if not (missing or unexpected or wrong):
+        return None
+    return (f"{len(missing)} tensors missing (e.g. {missing[:show]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:show]}), {len(wrong)} of another shape (e.g. {wrong[:show]})")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
-from core.weights import StateDict, candidate_networks, load_weights_file, strip_module
+from core.weights import StateDict, candidate_networks, load_weights_file, state_dict_mismatch, strip_module
 from diffpir.prior.unet import PRESETS, GuidedUNet
 
 SIGNATURE = "input_blocks.0.0.weight"
@@ -215,15 +215,9 @@ def build_prior(
     with torch.device("meta"):
         net = GuidedUNet(**config)
     net = net.to_empty(device=device)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{len(missing)} tensors missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]}), {len(wrong)} of another shape (e.g. {wrong[:3]})"
-        )
+    mismatch = state_dict_mismatch(net.state_dict(), state_dict)
+    if mismatch:
+        raise ValueError(mismatch)
     net.load_state_dict(state_dict, strict=True)
     return net.eval()
 

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from core.errors import CheckpointError
-from core.weights import StateDict, candidate_networks, load_weights_file, strip_module, tensor_dicts
+from core.weights import (
+    StateDict,
+    candidate_networks,
+    load_weights_file,
+    state_dict_mismatch,
+    strip_module,
+    tensor_dicts,
+)
 from irsde.nets.nafnet import ConditionalNAFNet
 from irsde.nets.unet import ConditionalUNet
 
@@ -140,16 +147,10 @@ def load_network(path: str | os.PathLike, map_location: Any = "cpu", *, trusted:
     except ValueError as err:
         raise IRSDEWeightsError(f"{path}: not IR-SDE network weights: {err}") from err
 
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
+    mismatch = state_dict_mismatch(net.state_dict(), state_dict, show=4)
+    if mismatch:
         raise IRSDEWeightsError(
-            f"{path}: the weights do not fit a {type(net).__name__} with the shapes inferred from them: "
-            f"{len(missing)} missing (e.g. {missing[:4]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}), "
-            f"{len(wrong_shape)} of another shape (e.g. {wrong_shape[:4]})"
+            f"{path}: the weights do not fit a {type(net).__name__} with the shapes inferred from them: {mismatch}"
         )
     net.load_state_dict(state_dict, strict=True)
     if isinstance(map_location, (str, torch.device)):
