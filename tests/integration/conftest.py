@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,29 @@ def run_cli(script: str, *args: str, timeout: int = 300) -> subprocess.Completed
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+TREE_TIMEOUT = 300  # seconds per process tree; a healthy DDP run of the tiny configs takes 7-40 s
+# Variables that would make the children join some other process group instead of starting their own.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE")
+
+
+def run_tree(*args: str) -> str:
+    """Run `python ARGS` in the repo with its DDP children in a process group of their own, killed as a whole
+    on timeout (a rank left alone would otherwise wait in a collective for half an hour)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    # One thread per process in every run: the 1- and 2-process validations then do the same arithmetic.
+    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=TREE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"python {' '.join(args)} timed out after {TREE_TIMEOUT} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"python {' '.join(args)} failed:\n{out[-6000:]}"
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -11,43 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from tests.integration.conftest import REPO, TINY  # noqa: E402
+from tests.integration.conftest import TINY, run_tree  # noqa: E402
 
 SEED = 42
 TRAIN_SAMPLES = 8  # 4 per rank = one batch of 4: two steps are two epochs
 PATCH = IMAGE_SIZE = 32  # training patches as large as the (test) image size, both fixed here
-TIMEOUT = 300  # seconds per process tree; a healthy run takes 7-20 s
-# Variables that would make the children join some other process group instead of starting their own.
-DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_WORLD_SIZE")
-
 PROBE = "tests.integration.ddp_probe.RankRecorder"
-
-
-def run_tree(*args: str) -> str:
-    """Run `python ARGS` in the repo with its DDP children in a process group of their own, killed as a whole
-    on timeout (a rank left alone would otherwise wait in a collective for half an hour)."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    # One thread per process in every run: the 1- and 2-process validations then do the same arithmetic.
-    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"python {' '.join(args)} timed out after {TIMEOUT} s:\n{out[-4000:]}")
-    assert proc.returncode == 0, f"python {' '.join(args)} failed:\n{out[-6000:]}"
-    return out
 
 
 def read_ranks(folder: Path, tag: str, world_size: int) -> list[dict]:

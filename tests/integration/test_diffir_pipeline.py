@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -20,6 +17,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from core.cli import CONFIG_DIR  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
+from tests.integration.conftest import run_tree  # noqa: E402
 
 # 2 batches an epoch, so the step-2 checkpoint ends an epoch (a mid-epoch resume restarts the epoch's data)
 TINY = [
@@ -154,23 +152,11 @@ def test_stage2_from_a_mismatched_stage1_fails_naming_the_setting(runs, tmp_path
 
 def test_stage2_phase1_under_two_process_ddp(runs, tmp_path):
     """DDP refuses parameters outside the loss's graph: phase 1 must still run and leave the DIRformer be."""
-    repo = Path(__file__).resolve().parents[2]
-    dist_vars = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
     overrides = [o for o in TINY if not o.startswith("trainer.accelerator")]
-    args = [sys.executable, str(repo / "train.py"), "experiment=diffir_s2_demo", *overrides, "trainer=ddp",
-            "trainer.devices=2", "trainer.accelerator=cpu", "data.train_samples=16", "model.encoder_iter=3",
-            f"stage1_ckpt={runs['stage1']}", f"paths.output_dir={tmp_path}",
-            f"hydra.run.dir={tmp_path / 'hydra'}"]  # Hydra's own files stay out of the repository's runs/
-    proc = subprocess.Popen(args, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # a lone rank would wait in a collective for half an hour
-        output, _ = proc.communicate()
-    assert proc.returncode == 0, output[-4000:]
+    run_tree("train.py", "experiment=diffir_s2_demo", *overrides, "trainer=ddp", "trainer.devices=2",
+             "trainer.accelerator=cpu", "data.train_samples=16", "model.encoder_iter=3",
+             f"stage1_ckpt={runs['stage1']}", f"paths.output_dir={tmp_path}",
+             f"hydra.run.dir={tmp_path / 'hydra'}")  # Hydra's own files stay out of the repository's runs/
     s1 = _load(runs["stage1"])["state_dict"]
     after_phase1 = _load(_step_ckpt(tmp_path, 2))["state_dict"]
     g_keys = [k[len("ema_net.G."):] for k in s1 if k.startswith("ema_net.G.")]

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from core.cli import CONFIG_DIR  # noqa: E402
 from core.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from core.io import read_image, write_image  # noqa: E402
+from tests.integration.conftest import run_tree  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_PRIOR = [
@@ -125,28 +126,13 @@ def test_prior_trains_under_two_process_ddp_with_the_single_process_validation(t
     """2 CPU ranks (gloo): the run completes, and val/psnr (DiffPIR on 2 images, one per rank) equals what
     evaluate.py measures on the same 2 images in one process."""
     import csv
-    import signal
-    import subprocess
-    import sys
 
     import evaluate
 
-    dist_vars = ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    env.update(NO_ALBUMENTATIONS_UPDATE="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     replaced = ("trainer.max_steps=", "trainer.val_check_interval=", "data.train_samples=", "trainer.accelerator=")
-    args = [sys.executable, str(REPO / "train.py"), *[o for o in TINY_PRIOR if not o.startswith(replaced)],
-            "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "trainer.max_steps=2",
-            "trainer.val_check_interval=2", "data.train_samples=128", f"paths.output_dir={tmp_path}",
-            f"hydra.run.dir={tmp_path / 'hydra'}"]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # a lone rank would wait in a collective for half an hour
-        output, _ = proc.communicate()
-    assert proc.returncode == 0, output[-4000:]
+    run_tree("train.py", *[o for o in TINY_PRIOR if not o.startswith(replaced)], "trainer=ddp", "trainer.devices=2",
+             "trainer.accelerator=cpu", "trainer.max_steps=2", "trainer.val_check_interval=2",
+             "data.train_samples=128", f"paths.output_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'hydra'}")
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 2
     (metrics_file,) = tmp_path.glob("csv/**/metrics.csv")
