@@ -41,20 +41,9 @@ def read_kernel(path: str | Path):
     return load_kernel(path, normalize=Path(path).suffix.lower() in IMAGE_SUFFIXES)
 
 
-def stored_config(path: str | Path) -> dict | None:
-    """The run config inside a suite checkpoint, None for a release file."""
-    from core.checkpoint import load_checkpoint
-
-    try:
-        config = load_checkpoint(path).get("config")
-    except Exception:  # a guided-diffusion state dict: load_prior reports problems with the file itself
-        return None
-    return config if isinstance(config, dict) else None
-
-
 def restorer_from_args(args: dict[str, Any]):
     """(DiffPIRRestorer, stored run config or None) from the command-line arguments."""
-    from diffpir.official import load_prior
+    from diffpir.official import load_prior_with_config
     from diffpir.restorer import DiffPIRRestorer
     from diffpir.schedule import DDPMSchedule
 
@@ -66,8 +55,7 @@ def restorer_from_args(args: dict[str, Any]):
         raise ConfigError("model=diffpir needs task=sr_x4|sr_x2|deblur_gaussian|deblur_motion|inpainting")
     if not Path(path).is_file():
         raise ConfigError(f"prior_ckpt={path}: no such file")
-    prior = load_prior(path, preset=args.get("preset"))
-    config = stored_config(path)
+    prior, config = load_prior_with_config(path, preset=args.get("preset"))
     schedule_cfg = ((config or {}).get("model") or {}).get("schedule") or {}
     mask = str(args.get("mask", "batch"))
     if mask not in GENERATED_MASKS and not Path(mask).exists():

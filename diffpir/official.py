@@ -229,7 +229,20 @@ def load_prior(
     *,
     trusted: bool = False,
 ) -> GuidedUNet:
-    """The diffusion prior in ``path`` as a GuidedUNet in eval mode, called as ``net(x_t, t)``.
+    """The diffusion prior in ``path`` as a GuidedUNet in eval mode, called as ``net(x_t, t)``
+    (:func:`load_prior_with_config` also returns a suite checkpoint's run config)."""
+    return load_prior_with_config(path, preset, map_location, trusted=trusted)[0]
+
+
+def load_prior_with_config(
+    path: str | os.PathLike,
+    preset: str | Mapping[str, Any] | None = None,
+    map_location: Any = "cpu",
+    *,
+    trusted: bool = False,
+) -> tuple[GuidedUNet, dict | None]:
+    """(the prior in ``path`` as a GuidedUNet in eval mode, the run config a suite checkpoint stores or None),
+    from one read of the file.
 
     ``path``: a guided-diffusion state dict or a suite checkpoint (``ema_net.`` preferred over ``net.``).
     ``preset``: a name in :data:`~diffpir.prior.unet.PRESETS` or a dict of GuidedUNet arguments; without it
@@ -241,11 +254,12 @@ def load_prior(
     path = Path(path)
     raw = load_weights_file(path, map_location, trusted, PriorWeightsError, mmap=True)
     state_dict = extract_state_dict(raw, path)
+    stored = raw.get("config") if isinstance(raw, Mapping) else None
+    stored = dict(stored) if isinstance(stored, Mapping) else None
     try:
         if preset is not None:
             config = _preset_kwargs(preset)
         else:
-            stored = raw.get("config") if isinstance(raw, Mapping) else None
             config = infer_config(state_dict, unet_kwargs_in_config(stored))
     except ValueError as err:
         raise PriorWeightsError(f"{path}: {err}") from err
@@ -253,7 +267,7 @@ def load_prior(
     on_device = isinstance(map_location, (str, torch.device))
     device = torch.device(map_location) if on_device else torch.device("cpu")
     try:
-        return build_prior(state_dict, config, device)
+        return build_prior(state_dict, config, device), stored
     except ValueError as err:
         if preset is None:
             source = "the configuration inferred from them"
