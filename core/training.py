@@ -29,6 +29,11 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
 
 
+def select_inputs(batch: dict, keys: tuple[str, ...], device: torch.device | None = None) -> dict:
+    """The batch entries among `keys` that a method's restore() takes besides lq (mask, gt, kernel ...)."""
+    return {k: (batch[k].to(device) if device is not None else batch[k]) for k in keys if k in batch}
+
+
 class NonFiniteLossError(UserError):
     """The training loss became NaN/inf; the run stops and the last checkpoint on disk stays the last good one."""
 
@@ -125,8 +130,7 @@ class RestorationModule(L.LightningModule):
     restore_inputs: tuple[str, ...] = ()
 
     def restore_extras(self, batch: dict, device: torch.device | None = None) -> dict:
-        return {k: (batch[k].to(device) if device is not None else batch[k])
-                for k in self.restore_inputs if k in batch}
+        return select_inputs(batch, self.restore_inputs, device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         lq, gt = self.to_memory_format(batch["lq"]), batch["gt"]

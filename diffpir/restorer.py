@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from core.training import select_inputs
 from diffpir.sampler import TASK_DEFAULTS, check_settings, diffpir_sample
 from diffpir.schedule import DDPMSchedule
 from diffpir.tasks import (
@@ -58,8 +59,7 @@ class DiffPIRRestorer(nn.Module):
         self.schedule.timesteps(int(self.settings["nfe"]), self.settings["skip"], self.settings["t_start"])
 
     def restore_extras(self, batch: dict, device: torch.device | None = None) -> dict:
-        return {k: batch[k].to(device) if device is not None else batch[k]
-                for k in self.restore_inputs if k in batch}
+        return select_inputs(batch, self.restore_inputs, device)
 
     # -- measurements -----------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, generator: torch.Generator | None = None) -> dict:
