@@ -88,15 +88,7 @@ class DiffPIRRestorer(nn.Module):
         return out
 
     def _official_kernel(self, index: int) -> torch.Tensor:
-        kernel = task_kernel(self.task, index)
-        if self.kernel_size != kernel.shape[-1]:  # a smaller grid for small images (the demo faces)
-            from diffpir.kernels import gaussian_kernel, motion_kernel, official_gaussian_sigma
-
-            size = self.kernel_size
-            if self.task.family == "deblur_gaussian":
-                return gaussian_kernel(size, official_gaussian_sigma(index) * size / KERNEL_SIZE)
-            return motion_kernel(size, seed=index)
-        return kernel
+        return task_kernel(self.task, index, self.kernel_size)
 
     def _operators(self, mask: torch.Tensor | None, kernel: torch.Tensor | None, batch: int):
         """[(operator, slice of the batch)]: one operator for the batch, or one per image when the kernels of

@@ -72,12 +72,14 @@ def generated_mask(kind: str, height: int, width: int, seed: int) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(GeneratedMask(kind)(height, width, seed)))[None]
 
 
-def task_kernel(task: Task, index: int) -> torch.Tensor:
-    """The official kernel of image number `index` for a deblurring task."""
+def task_kernel(task: Task, index: int, size: int = KERNEL_SIZE) -> torch.Tensor:
+    """The official kernel of image number `index` for a deblurring task, on a size x size grid (61 official;
+    smaller grids for small images, the Gaussian's std scaled with the grid)."""
     if task.family == "deblur_gaussian":
-        return gaussian_kernel(KERNEL_SIZE, official_gaussian_sigma(index))
+        sigma = official_gaussian_sigma(index)
+        return gaussian_kernel(size, sigma if size == KERNEL_SIZE else sigma * size / KERNEL_SIZE)
     if task.family == "deblur_motion":
-        return motion_kernel(KERNEL_SIZE, MOTION_INTENSITY, seed=index)
+        return motion_kernel(size, MOTION_INTENSITY, seed=index)
     raise ValueError(f"task {task.name} has no blur kernel")
 
 
