@@ -12,6 +12,7 @@ import collections
 import collections.abc
 import pickle
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,13 @@ RELEASE_CONTAINERS = ("params_ema", "params", "state_dict", "model", "net")
 # Prefixes under which checkpoints keep a network, EMA copies first (they are what gets evaluated): the suite's
 # LightningModules (ema_net. / net.), common EMA wrappers, and LaMa-style trainers (generator_average. / generator.).
 NETWORK_PREFIXES = ("ema_net.", "net_ema.", "ema.module.", "ema.", "net.", "generator_average.", "generator.")
+# The suite's networks by a key only they have: to say what a file holds instead of the network asked for.
+KNOWN_NETWORKS = {
+    "init_conv.weight": "an IR-SDE network (ConditionalUNet)",
+    "intro.weight": "an IR-SDE network (ConditionalNAFNet)",
+    "G.patch_embed.proj.weight": "a DiffIR network",
+    "input_blocks.0.0.weight": "a guided-diffusion UNet",
+}
 
 
 def tensor_dict(obj: Any) -> StateDict | None:
@@ -122,6 +130,29 @@ def candidate_networks(raw: Any) -> list[StateDict]:
                 candidates.append(strip_module(sub))
         candidates.append(strip_module(tensors))
     return candidates
+
+
+def find_network(raw: Any, path: str | Path, looks_like: Callable[[StateDict], bool], error: type[Exception],
+                 what: str, needs: str, advice: str = "") -> StateDict:
+    """The first of `candidate_networks(raw)` that `looks_like` accepts (a method's signature check).
+
+    Otherwise raises `error` naming `path`: "this looks like <another known network>, not <what>" when a
+    candidate holds one of :data:`KNOWN_NETWORKS`, else "not <what> (no <needs>; keys start ...)"; `advice`
+    (e.g. "; DiffPIR needs ...") ends either message.
+    """
+    if not isinstance(raw, collections.abc.Mapping):
+        raise error(f"{path}: holds a {type(raw).__name__}, not a state dict")
+    candidates = candidate_networks(raw)
+    found = next((c for c in candidates if looks_like(c)), None)
+    if found is not None:
+        return found
+    for candidate in candidates:
+        other = next((name for key, name in KNOWN_NETWORKS.items() if key in candidate and name != what), None)
+        if other is not None:
+            raise error(f"{path}: this looks like {other}, not {what}{advice}")
+    sample = list(candidates[0])[:4] if candidates else sorted(map(str, raw))[:6]
+    raise error(f"{path}: not {what} (no {needs}; {'keys start' if candidates else 'no tensors, keys'} "
+                f"{sample}){advice}")
 
 
 def state_dict_mismatch(expected: StateDict, given: StateDict, show: int = 3) -> str | None:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from core.errors import CheckpointError
-from core.weights import StateDict, candidate_networks, load_weights_file
+from core.weights import StateDict, find_network, load_weights_file
 from diffir.networks import DiffIRS1, DiffIRS2
 
 G_SIGNATURE = "G.patch_embed.proj.weight"
@@ -51,19 +50,9 @@ def load_state_dict_any(path: str | os.PathLike, map_location: Any = "cpu", *, t
     (``ema_net.`` preferred over ``net.``), official inpainting Lightning checkpoints (``generator.``), plain
     state dicts, and ``module.`` prefixes. Raises :class:`DiffIRWeightsError` naming the file otherwise.
     """
-    path = Path(path)
     raw = load_weights_file(path, map_location, trusted, DiffIRWeightsError)
-    if not isinstance(raw, dict):
-        raise DiffIRWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
-    candidates = candidate_networks(raw)
-    for candidate in candidates:
-        if _is_diffir(candidate):
-            return candidate
-    sample = next(iter(candidates[0])) if candidates else next(iter(raw), "nothing")
-    raise DiffIRWeightsError(
-        f"{path}: not a DiffIR network (no '{G_SIGNATURE}' with a CPEN 'E.*' or 'condition.*'; "
-        f"first key: {sample!r})"
-    )
+    return find_network(raw, path, _is_diffir, DiffIRWeightsError, "a DiffIR network",
+                        f"'{G_SIGNATURE}' with a CPEN 'E.*' or 'condition.*'")
 
 
 def _count(state_dict: StateDict, pattern: str) -> int:

@@ -22,16 +22,10 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
-from core.weights import StateDict, candidate_networks, load_weights_file, state_dict_mismatch, strip_module
+from core.weights import StateDict, find_network, load_weights_file, state_dict_mismatch, strip_module
 from diffpir.prior.unet import PRESETS, GuidedUNet
 
 SIGNATURE = "input_blocks.0.0.weight"
-# Signatures of the suite's other networks, to say what a wrong file is.
-FOREIGN_NETWORKS = {
-    "init_conv.weight": "an IR-SDE network (ConditionalUNet)",
-    "intro.weight": "an IR-SDE network (ConditionalNAFNet)",
-    "G.patch_embed.proj.weight": "a DiffIR network",
-}
 # What the weights cannot tell, as in the released unconditional priors (all use 64-channel heads).
 UNSEEN_DEFAULTS: dict[str, Any] = {
     "image_size": 256, "dropout": 0.0, "num_heads": 4, "num_head_channels": 64, "num_heads_upsample": -1,
@@ -43,35 +37,6 @@ SHAPE_FIELDS = ("in_channels", "model_channels", "out_channels", "num_res_blocks
 
 class PriorWeightsError(CheckpointError, ValueError):
     """A file that cannot be read as a guided-diffusion prior (a ValueError and a suite CheckpointError)."""
-
-
-def _describe_foreign(state_dict: StateDict) -> str | None:
-    for key, what in FOREIGN_NETWORKS.items():
-        if key in state_dict:
-            return what
-    return None
-
-
-def extract_state_dict(raw: Any, path: str | os.PathLike) -> StateDict:
-    """The guided-diffusion UNet state dict in a loaded file (EMA copy preferred), with official key names."""
-    if not isinstance(raw, Mapping):
-        raise PriorWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
-    candidates = candidate_networks(raw)
-    for candidate in candidates:
-        if SIGNATURE in candidate:
-            return candidate
-    for candidate in candidates:
-        if (what := _describe_foreign(candidate)) is not None:
-            raise PriorWeightsError(
-                f"{path}: this looks like {what}, not a guided-diffusion UNet; DiffPIR needs an "
-                "unconditional diffusion prior (e.g. ffhq_10m.pt or 256x256_diffusion_uncond.pt, or a suite "
-                "DDPM prior checkpoint)"
-            )
-    sample = list(candidates[0])[:4] if candidates else sorted(map(str, raw))[:6]
-    raise PriorWeightsError(
-        f"{path}: not a guided-diffusion UNet (no '{SIGNATURE}'; keys start {sample}); DiffPIR needs an "
-        "unconditional diffusion prior such as ffhq_10m.pt or 256x256_diffusion_uncond.pt"
-    )
 
 
 def unet_kwargs_in_config(config: Any) -> dict[str, Any] | None:
@@ -253,7 +218,9 @@ def load_prior_with_config(
     """
     path = Path(path)
     raw = load_weights_file(path, map_location, trusted, PriorWeightsError, mmap=True)
-    state_dict = extract_state_dict(raw, path)
+    state_dict = find_network(raw, path, lambda sd: SIGNATURE in sd, PriorWeightsError, "a guided-diffusion UNet",
+                              f"'{SIGNATURE}'", "; DiffPIR needs an unconditional diffusion prior (e.g. "
+                              "ffhq_10m.pt or 256x256_diffusion_uncond.pt, or a suite DDPM prior checkpoint)")
     stored = raw.get("config") if isinstance(raw, Mapping) else None
     stored = dict(stored) if isinstance(stored, Mapping) else None
     try:

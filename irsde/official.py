@@ -3,7 +3,7 @@
 Official releases (Algolzw/image-restoration-sde, e.g. ``lastest_EMA.pth``) are plain state dicts of
 ``ConditionalUNet`` or ``ConditionalNAFNet``, sometimes with the ``module.`` prefix of DataParallel. Our
 networks use the official module names, so the key mapping is the identity once that prefix is gone
-(:func:`core.weights.candidate_networks` finds the network in a file). The constructor arguments are not
+(:func:`core.weights.find_network` finds the network in a file). The constructor arguments are not
 stored in those files, so they are read off the weights' shapes (the released inpainting UNet, for example,
 is nf=32 although its yml says 64).
 """
@@ -12,21 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from core.errors import CheckpointError
-from core.weights import (
-    StateDict,
-    candidate_networks,
-    load_weights_file,
-    state_dict_mismatch,
-    strip_module,
-    tensor_dicts,
-)
+from core.weights import StateDict, find_network, load_weights_file, state_dict_mismatch
 from irsde.nets.nafnet import ConditionalNAFNet
 from irsde.nets.unet import ConditionalUNet
 
@@ -50,22 +42,12 @@ def load_state_dict_any(
     Accepts a suite Lightning checkpoint (``state_dict`` with ``ema_net.``/``ema.``/``net.`` prefixed keys;
     the EMA copy wins) and official or BasicSR-style release files (a plain state dict, possibly with
     ``module.`` prefixes, or one under ``params_ema``/``params``/``state_dict``). Files are read with
-    ``weights_only=True``; ``trusted=True`` allows full unpickling for files that need it. When no IR-SDE
-    network is recognised, the most plausible tensor dict is returned as is, so that the caller can report
-    what the file holds.
+    ``weights_only=True``; ``trusted=True`` allows full unpickling for files that need it. Raises
+    :class:`IRSDEWeightsError` naming the file and what it holds when no IR-SDE network is recognised.
     """
-    path = Path(path)
     raw = load_weights_file(path, map_location, trusted, IRSDEWeightsError)
-    if not isinstance(raw, dict):
-        raise IRSDEWeightsError(f"{path}: holds a {type(raw).__name__}, not a state dict")
-
-    dicts = tensor_dicts(raw)
-    if not dicts:
-        raise IRSDEWeightsError(f"{path}: no tensor dict found; top-level keys: {sorted(map(str, raw))[:8]}")
-    for candidate in candidate_networks(raw):
-        if _has_network(candidate):
-            return candidate
-    return strip_module(dicts[0])
+    return find_network(raw, path, _has_network, IRSDEWeightsError, "an IR-SDE network",
+                        f"'{UNET_SIGNATURE}' (ConditionalUNet) or '{NAFNET_SIGNATURE}' (ConditionalNAFNet)")
 
 
 def _indices(state_dict: StateDict, pattern: str) -> list[int]:
