@@ -2,7 +2,7 @@
 
 * Schedule: "linear" in the latent-diffusion sense, i.e. linear on sqrt(beta): ``betas =
   linspace(sqrt(linear_start), sqrt(linear_end), T) ** 2`` in float64, T = 4, 0.1 -> 0.99. All derived
-  tables are computed in float64 and stored as float32 buffers under the official names.
+  tables are computed in float64 (``core.schedules``) and stored as float32 buffers under the official names.
 * x0-parameterisation: the denoiser predicts the clean IPR from (condition c, t / (10 T), noisy IPR); each
   reverse step is the posterior mean ``coef1[t] * x0_hat + coef2[t] * x_t``. No posterior-variance noise is
   added (the official ``p_sample`` draws a Gaussian every step but returns the mean only). At t = 0, coef1 =
@@ -23,40 +23,17 @@ that the state dict carries the official ``diffusion.model.*`` / ``diffusion.con
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from core.schedules import DDPMTables, add_noise, sqrt_linear_betas
 from diffir.cpen import IPR_DIM, LRELU_SLOPE
 
-
-def linear_sqrt_betas(timesteps: int, linear_start: float = 0.1, linear_end: float = 0.99) -> torch.Tensor:
-    """The official "linear" schedule: linear on sqrt(beta), float64."""
-    return torch.linspace(math.sqrt(linear_start), math.sqrt(linear_end), timesteps, dtype=torch.float64) ** 2
-
-
-def schedule_tables(betas: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The 12 DDPM tables of the official module, in float64 (v_posterior = 0)."""
-    betas = betas.double()
-    alphas = 1.0 - betas
-    abar = torch.cumprod(alphas, dim=0)
-    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-    post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
-    return {
-        "betas": betas,
-        "alphas_cumprod": abar,
-        "alphas_cumprod_prev": abar_prev,
-        "sqrt_alphas_cumprod": abar.sqrt(),
-        "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
-        "log_one_minus_alphas_cumprod": torch.log(1.0 - abar),
-        "sqrt_recip_alphas_cumprod": (1.0 / abar).sqrt(),
-        "sqrt_recipm1_alphas_cumprod": (1.0 / abar - 1.0).sqrt(),
-        "posterior_variance": post_var,
-        "posterior_log_variance_clipped": torch.log(post_var.clamp(min=1e-20)),
-        "posterior_mean_coef1": betas * abar_prev.sqrt() / (1.0 - abar),
-        "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
-    }
+# The official module's 12 schedule buffers, in its order: the state-dict keys diffusion.betas ...
+LDM_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+               "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+               "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+               "posterior_mean_coef1", "posterior_mean_coef2")
 
 
 class ResMLP(nn.Module):
@@ -98,8 +75,9 @@ class IPRDiffusion(nn.Module):
         self.num_timesteps = timesteps
         self.ipr_dim = ipr_dim
         self.match_official_rng = match_official_rng
-        for name, table in schedule_tables(linear_sqrt_betas(timesteps, linear_start, linear_end)).items():
-            self.register_buffer(name, table.float())
+        tables = DDPMTables(sqrt_linear_betas(timesteps, linear_start, linear_end))
+        for name in LDM_BUFFERS:
+            self.register_buffer(name, getattr(tables, name).float())
 
     def _at(self, table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return table.gather(0, t).view(-1, 1)
@@ -108,8 +86,7 @@ class IPRDiffusion(nn.Module):
         """Draw x_t ~ q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I); ``t`` is a (B,) long tensor."""
         if noise is None:
             noise = torch.randn_like(x0)
-        signal = self._at(self.sqrt_alphas_cumprod, t) * x0
-        return signal + self._at(self.sqrt_one_minus_alphas_cumprod, t) * noise
+        return add_noise(x0, noise, t, self.sqrt_alphas_cumprod, self.sqrt_one_minus_alphas_cumprod)
 
     def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Mean of q(x_{t-1} | x_t, x0)."""

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError
+from core.schedules import DDPMTables, linear_betas
 
 SKIP_TYPES = ("quad", "uniform")
 
 
-class DDPMSchedule:
-    """Linear-beta DDPM schedule. Every table is a float64 CPU tensor indexed by the timestep t in [0, T)."""
+class DDPMSchedule(DDPMTables):
+    """Linear-beta DDPM schedule: the tables of DDPMTables (float64, CPU, indexed by t in [0, T)) and DiffPIR's ρ_t."""
 
     def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
         if T < 2:
@@ -26,14 +27,7 @@ class DDPMSchedule:
             raise ConfigError(
                 f"DDPMSchedule: betas need 0 < beta_start <= beta_end < 1, got {beta_start}..{beta_end}"
             )
-        self.T = T
-        self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
-        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
-        # σ̄_t: the std of the noise on x_t / sqrt(ᾱ_t); strictly increasing in t.
-        self.noise_to_signal = self.sqrt_one_minus_alphas_cumprod / self.sqrt_alphas_cumprod
+        super().__init__(linear_betas(T, beta_start, beta_end))  # σ̄_t = noise_to_signal: increasing in t
 
     def rho(self, t: int, lam: float, sigma_n: float) -> float:
         """ρ_t = λ σ² / σ̄_t² with σ = max(0.001, σ_n); the floor keeps the data step finite for a clean y."""

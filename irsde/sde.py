@@ -30,27 +30,9 @@ import math
 import torch
 from torch import Tensor
 
+from core.schedules import theta_schedule
+
 TimeIndex = int | Tensor
-
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-def theta_schedule(name: str, T: int) -> Tensor:
-    """The official theta schedules, T+1 float64 values for t = 0..T (thetas[0] only offsets the cumsum)."""
-    if name == "cosine":
-        # Improved-DDPM cosine "betas" on a grid of T+2 steps, keeping the T+1 interior values.
-        n = T + 2
-        grid = torch.linspace(0, n, n + 1, dtype=torch.float64)
-        offset = 0.008
-        alphas_cumprod = torch.cos((grid / n + offset) / (1 + offset) * math.pi * 0.5) ** 2
-        alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
-        return 1 - alphas_cumprod[1:-1]
-    if name == "linear":
-        scale = 1000 / (T + 1)
-        return torch.linspace(scale * 1e-4, scale * 0.02, T + 1, dtype=torch.float64)
-    if name == "constant":
-        return torch.ones(T + 1, dtype=torch.float64)
-    raise ValueError(f"unknown theta schedule {name!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
