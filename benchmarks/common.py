@@ -259,11 +259,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def count_params(module: torch.nn.Module | None) -> int:
-    """Parameters of a network (0 for an absent part)."""
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
-
-
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """numerator / denominator, or None when either is missing or zero (a speedup that was not measured)."""
     return numerator / denominator if numerator and denominator else None

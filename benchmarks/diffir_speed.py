@@ -50,7 +50,6 @@ from benchmarks.common import (
     REPO_ROOT,
     RESULTS_DIR,
     Precision,
-    count_params,
     emit_probe_result,
     format_cell,
     load_average,
@@ -64,8 +63,8 @@ from benchmarks.common import (
     timed,
 )
 from core.ema import ema_update
+from core.nn import count_parameters, pad_to_multiple
 from diffir.cpen import IPR_DIM
-from diffir.dirformer import pad_to_multiple
 from diffir.networks import DiffIRS1, DiffIRS2
 from diffir.stage1 import DiffIRStage1Module
 from diffir.stage2 import DiffIRStage2Module
@@ -125,10 +124,10 @@ def param_split(net: nn.Module, stage: int) -> dict[str, int]:
     """Parameters of the whole network and of its parts (the DDPM shares the CPEN and the denoiser)."""
     cpen = net.E if stage == 1 else net.condition
     split = {
-        "total": count_params(net),
-        "dirformer": count_params(net.G),
-        "cpen": count_params(cpen),
-        "denoiser": count_params(getattr(net, "denoise", None)),
+        "total": count_parameters(net),
+        "dirformer": count_parameters(net.G),
+        "cpen": count_parameters(cpen),
+        "denoiser": count_parameters(net.denoise) if stage == 2 else 0,
     }
     if sum(v for k, v in split.items() if k != "total") != split["total"]:
         raise RuntimeError(f"stage-{stage} parameters do not add up: {split}")

@@ -43,7 +43,6 @@ from benchmarks.common import (
     PRECISIONS,
     RESULTS_DIR,
     Precision,
-    count_params,
     emit_probe_result,
     format_cell,
     load_average,
@@ -57,6 +56,7 @@ from benchmarks.common import (
     speed_main,
     timed,
 )
+from core.nn import count_parameters
 from diffpir.prior.unet import PRESETS, GuidedUNet, small_config
 from diffpir.restorer import DiffPIRRestorer
 
@@ -187,8 +187,8 @@ def task_run(
     restorer = DiffPIRRestorer(prior, task, mask=MASK, kernel_size=kernel_size, nfe=nfe)
     batch = {"gt": random_image(size, device, seed), "index": torch.tensor([0]), "name": ["random"]}
     generator = torch.Generator(device=device).manual_seed(seed)
-    batch = restorer.prepare_batch(batch, generator)
-    lq, extras = batch["lq"], restorer.restore_extras(batch, device)
+    batch = restorer.measure(batch, generator)
+    lq, extras = batch["lq"], restorer.conditions_of(batch, device)
 
     def restore() -> torch.Tensor:
         with precision.autocast(device):
@@ -437,7 +437,7 @@ def benchmark(args: argparse.Namespace, settings: dict[str, int], device: torch.
             "name": "GuidedUNet",
             "preset": "small_config (quick)" if args.quick else PRESET,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-            "params": count_params(net),
+            "params": count_parameters(net),
             "weights": "random (seeded), built on the meta device + to_empty",
             "flops_per_eval": flops,
             "gflop_per_eval": flops / 1e9,

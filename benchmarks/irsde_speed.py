@@ -36,7 +36,6 @@ from benchmarks.common import (
     PRECISIONS,
     RESULTS_DIR,
     Precision,
-    count_params,
     emit_probe_result,
     load_average,
     machine_info,
@@ -50,6 +49,7 @@ from benchmarks.common import (
     speed_main,
     timed,
 )
+from core.nn import count_parameters
 from irsde import samplers
 from irsde.losses import matching_loss
 from irsde.nets.unet import ConditionalUNet
@@ -406,7 +406,7 @@ def benchmark(args: argparse.Namespace, settings: dict[str, int], device: torch.
         "quick": args.quick,
         "machine": machine_info(device),
         "network": {"name": "ConditionalUNet", "nf": settings["nf"], "depth": settings["depth"],
-                    "params": count_params(net)},
+                    "params": count_parameters(net)},
         "settings": {**settings, "sampler_steps": step_counts, "sde": SDE_OPTIONS, "adam": ADAM,
                      "full_samplers": args.full_samplers, "measured_up_to_steps": measure_up_to,
                      "seed": args.seed},
@@ -432,7 +432,7 @@ def benchmark(args: argparse.Namespace, settings: dict[str, int], device: torch.
                                      args.seed)
         result["official"] = {
             "description": "official ConditionalUNet, float32; trained through this suite's SDE and loss",
-            "params": count_params(official_net),
+            "params": count_parameters(official_net),
             **time_network(official_net, sde, PRECISIONS["fp32"], device, settings, args.seed, False),
         }
         result["ours_fp32_vs_official_fp32_speedup"] = speedups(result["configs"]["fp32"], result["official"])

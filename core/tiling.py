@@ -24,35 +24,9 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-
-def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> tuple[Tensor, tuple[int, int]]:
-    """Pad the bottom and right of an (..., H, W) tensor so H and W become multiples of ``multiple``.
-
-    Returns the padded tensor and the original (H, W) for ``crop_to``. Reflect padding needs the pad to be
-    smaller than the side; when it is not (tiny images), replicate padding is used instead.
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x, (h, w)
-    if mode == "reflect" and (pad_h >= h or pad_w >= w):
-        mode = "replicate"
-    # F.pad's reflect / replicate modes want a batched (N, C, H, W) tensor; add and drop dimensions as needed.
-    lead = x.shape[:-2]
-    x4 = x.reshape(-1, 1, h, w) if x.ndim != 4 else x
-    padded = F.pad(x4, (0, pad_w, 0, pad_h), mode=mode)
-    return padded.reshape(*lead, h + pad_h, w + pad_w), (h, w)
-
-
-def crop_to(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Keep the top-left (H, W) of an (..., H', W') tensor: undoes ``pad_to_multiple`` (times the scale)."""
-    h, w = size
-    return x[..., :h, :w]
+from core.nn import crop_to, pad_to_multiple
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import DataError
 from core.io import image_size, list_images
 from data.datasets import PairedImageDataset
-from data.degradations import MASK_KINDS, FolderMask, GeneratedMask, NoiseLQ
 from data.layouts import (
     SHOW,
     Pair,
@@ -31,7 +30,9 @@ from data.layouts import (
     rain100h_pairs,
     single_folder,
 )
+from data.masks import MASK_KINDS, FolderMask, GeneratedMask
 from data.samplers import EpochSeededSampler
+from data.synthetic import NoiseLQ
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,10 @@ from torch.utils.data import Dataset
 
 from core.errors import DataError
 from core.io import read_image, to_tensor
-from data.degradations import BicubicDownLQ, apply_mask, imresize, modcrop, upsample_bicubic
 from data.layouts import Pair
+from data.masks import apply_mask
+from data.resize import imresize, modcrop, upsample_bicubic
+from data.synthetic import BicubicDownLQ
 from data.transforms import center_crop_pair, check_patch_scale, paired_train_transform
 
 LQMaker = Callable[[np.ndarray, int], np.ndarray]  # (gt HxWx3 float, seed) -> lq

@@ -18,7 +18,9 @@ import skimage.data
 from core.errors import DataError
 from core.io import write_image
 from data.datasets import InMemoryImageDataset
-from data.degradations import BlurLQ, GeneratedMask, NoiseLQ, RainLQ, imresize
+from data.masks import GeneratedMask
+from data.resize import imresize
+from data.synthetic import BlurLQ, NoiseLQ, RainLQ
 
 TASKS = ("rain", "noise", "blur", "sr", "inpaint")
 SCALE = 4  # the "sr" task's factor

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from core.nn import crop_to, pad_by, pad_to_multiple
 from diffir.cpen import CPENS1, CPENS2
-from diffir.dirformer import DIRformer, pad_by, pad_to_multiple
+from diffir.dirformer import DIRformer
 from diffir.ipr_diffusion import IPRDenoiser, IPRDiffusion
 
 
@@ -54,7 +55,7 @@ class _DiffIRBase(nn.Module):
 
     def _crop(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Back to the input's size (times the SR scale)."""
-        return out[..., : h * self.out_scale, : w * self.out_scale]
+        return crop_to(out, (h * self.out_scale, w * self.out_scale))
 
 
 class DiffIRS1(_DiffIRBase):

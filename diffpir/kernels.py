@@ -10,18 +10,20 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import kornia
 import numpy as np
 import torch
 from scipy import ndimage
 
 from core.errors import DataError
+from data.resize import cubic
 
 KERNEL_SUM_TOLERANCE = 1e-3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    """Isotropic Gaussian exp(−r² / 2σ²) on a size x size grid centred at (size − 1) / 2, summing to 1.
+    """Isotropic Gaussian exp(−r² / 2σ²) on a size x size grid centred at (size − 1) / 2, summing to 1 (kornia's).
 
     The official code filters a delta with scipy's gaussian_filter, which truncates at 4σ and folds tails
     beyond the window back in (mode 'reflect'); on 61x61 the two differ by at most 1.5e-4 of the peak for
@@ -29,10 +31,8 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     """
     if size < 1 or sigma <= 0:
         raise ValueError(f"gaussian_kernel needs size >= 1 and sigma > 0, got size={size}, sigma={sigma}")
-    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    profile = np.exp(-(coords**2) / (2.0 * sigma**2))
-    kernel = np.outer(profile, profile)
-    return torch.from_numpy(kernel / kernel.sum()).float()
+    kernel = kornia.filters.get_gaussian_kernel2d((size, size), (sigma, sigma), force_even=True, dtype=torch.float64)
+    return kernel[0].float()
 
 
 def official_gaussian_sigma(image_index: int) -> float:
@@ -105,14 +105,6 @@ def motion_kernel(size: int = 61, intensity: float = 0.5, seed: int | None = Non
     return torch.from_numpy(grid / grid.sum()).float()
 
 
-def _cubic(d: np.ndarray) -> np.ndarray:
-    """Keys' cubic convolution weight with a = −0.5, the one MATLAB's imresize uses."""
-    d = np.abs(d)
-    near = (1.5 * d**3 - 2.5 * d**2 + 1.0) * (d <= 1)
-    far = (-0.5 * d**3 + 2.5 * d**2 - 4.0 * d + 2.0) * ((d > 1) & (d < 2))
-    return near + far
-
-
 def bicubic_kernel(scale: int, size: int | None = None) -> torch.Tensor:
     """The blur that, followed by keeping the upper-left pixel of each s x s block, is bicubic downscaling.
 
@@ -137,7 +129,7 @@ def bicubic_kernel(scale: int, size: int | None = None) -> torch.Tensor:
     origin = size // 2
     # Index j of the kernel multiplies x[i + origin − j] in the circular convolution, so j = origin − e.
     offsets = origin - np.arange(size, dtype=np.float64)
-    profile = _cubic((offsets - shift) / scale) / scale
+    profile = cubic((offsets - shift) / scale) / scale
     profile /= profile.sum()
     return torch.from_numpy(np.outer(profile, profile)).float()
 

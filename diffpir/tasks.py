@@ -24,11 +24,14 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError, DataError
+from data.masks import MASK_KINDS as GENERATED_MASKS
+from data.masks import GeneratedMask
+from data.resize import imresize
 from diffpir.kernels import gaussian_kernel, motion_kernel, official_gaussian_sigma
 from diffpir.operators import BackProjectionSR, Blur, Inpainting, Operator, SuperResolution
 
 TASK_NAMES = ("sr_x2", "sr_x4", "deblur_gaussian", "deblur_motion", "inpainting")
-MASK_KINDS = ("batch", "box", "pixels", "strokes")
+MASK_KINDS = ("batch", *GENERATED_MASKS)
 SR_MODES = ("fft", "backprojection")
 KERNEL_SIZE = 61
 MOTION_INTENSITY = 0.5
@@ -66,9 +69,7 @@ def check_mask_kind(kind: str) -> str:
 
 
 def generated_mask(kind: str, height: int, width: int, seed: int) -> torch.Tensor:
-    """(1, H, W) float mask, 1 = known, drawn by data.degradations with this seed."""
-    from data.degradations import GeneratedMask
-
+    """(1, H, W) float mask, 1 = known, drawn by data.masks with this seed."""
     return torch.from_numpy(np.ascontiguousarray(GeneratedMask(kind)(height, width, seed)))[None]
 
 
@@ -104,8 +105,6 @@ def simulate(task: Task, operator: Operator, gt: torch.Tensor, sigma_n: float,
     """The measurement y in [0, 1] (unclipped) of clean images gt (NCHW in [0, 1]), with AWGN of std σ_n."""
     if not task.is_sr:
         return operator.measure(gt, sigma_n, generator)
-    from data.degradations import imresize
-
     height, width = gt.shape[-2:]
     if height % task.scale or width % task.scale:
         raise DataError(f"task={task.name}: a {height}x{width} image is not divisible by {task.scale}; "
@@ -114,9 +113,3 @@ def simulate(task: Task, operator: Operator, gt: torch.Tensor, sigma_n: float,
     if sigma_n > 0:
         y = y + sigma_n * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     return y
-
-
-def modcrop_batch(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """Crop NCHW images at the bottom/right to a multiple of `scale` (the official SR test does the same)."""
-    height, width = images.shape[-2:]
-    return images[..., : height - height % scale, : width - width % scale]

@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from core.nn import count_parameters  # noqa: E402
 from diffpir.prior.unet import PRESETS, GuidedUNet, small_config  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -93,7 +94,7 @@ def compare(name: str, official: torch.nn.Module, ours: GuidedUNet, size: int, s
     ours.load_state_dict(official.state_dict(), strict=True)
     official.eval()
     ours.eval()
-    n_params = sum(p.numel() for p in ours.parameters())
+    n_params = count_parameters(ours)
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(2, ours.in_channels, size, size, generator=gen)
     t = torch.tensor([10, 500])

@@ -27,6 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suite's root, when run as a script
 
+from core.nn import count_parameters  # noqa: E402
 from irsde.official import (  # noqa: E402
     infer_nafnet_config,
     infer_unet_config,
@@ -107,7 +108,7 @@ def run_case(
         probe = torch.rand(1, channels, 32, 32, generator=generator)
         scale = official(probe, probe * 0.5, 10).abs().max().item()
     diff = max_difference(official, ours, channels, generator)
-    params = sum(p.numel() for p in ours.parameters())
+    params = count_parameters(ours)
     verdict = "ok" if diff <= tol else "FAIL"
     print(f"{label:<48} {params / 1e6:7.2f} M params  max|out| {scale:8.3g}  max|diff| {diff:.3e}  {verdict}")
     return diff <= tol

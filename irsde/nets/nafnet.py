@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from core.nn import pad_to_multiple
 from core.timesteps import TimeInput, time_vector
 from irsde.nets.unet import ChannelLayerNorm, SinusoidalPosEmb
 
@@ -136,16 +136,12 @@ class ConditionalNAFNet(nn.Module):
 
         self.padder_size = 2 ** len(enc_blk_nums)
 
-    def pad_to_multiple(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.padder_size
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, (-w) % s, 0, (-h) % s))  # zeros, as in the official code
-
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t: TimeInput) -> torch.Tensor:
         h_in, w_in = x_t.shape[-2:]
         temb = self.time_mlp(time_vector(t, x_t.shape[0], x_t.device))
 
-        x = self.intro(self.pad_to_multiple(torch.cat([x_t - mu, mu], dim=1)))
+        x = pad_to_multiple(torch.cat([x_t - mu, mu], dim=1), self.padder_size, mode="constant")[0]  # zeros: official
+        x = self.intro(x)
 
         skips: list[torch.Tensor] = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):

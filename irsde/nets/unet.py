@@ -25,9 +25,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from core.nn import LN_EPS, channel_layer_norm, pad_to_multiple
 from core.timesteps import TimeInput, time_vector
 
 
@@ -52,22 +52,21 @@ class SinusoidalPosEmb(nn.Module):
 class ChannelLayerNorm(nn.Module):
     """Layer norm over the channel axis of an NCHW map, with a gain ``g`` and no bias (official LayerNorm).
 
-    The statistics are always computed in float32 (the result has the input's dtype), so eps stays 1e-5 for
-    every input dtype. The official code switches to eps 1e-3 for half-precision inputs, which changes the
-    function noticeably (the linear attention's output has a small variance): a bf16-autocast network would
-    then no longer compute what its float32 weights were trained for. Float32 outputs are identical.
+    The gain keeps the official name and (1, C, 1, 1) shape, which timm's LayerNorm2d (``weight`` of shape (C,))
+    cannot load; the computation is the shared ``core.nn.channel_layer_norm``. Its statistics are float32 for
+    every input dtype, so eps stays 1e-5: the official code switches to eps 1e-3 for half-precision inputs,
+    which changes the function noticeably (the linear attention's output has a small variance), so that a
+    bf16-autocast network would no longer compute what its float32 weights were trained for.
     """
 
-    eps = 1e-5
+    eps = LN_EPS
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        var, mean = torch.var_mean(xf, dim=1, unbiased=False, keepdim=True)
-        return ((xf - mean) * torch.rsqrt(var + self.eps) * self.g.float()).to(x.dtype)
+        return channel_layer_norm(x, self.g.flatten(), eps=self.eps)
 
 
 class Residual(nn.Module):
@@ -253,20 +252,10 @@ class ConditionalUNet(nn.Module):
         # feeds the global attention, so the same multiple is needed to reproduce its outputs.
         return 2**self.depth
 
-    def pad_to_multiple(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.pad_multiple
-        h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % s, (-w) % s
-        if pad_h == 0 and pad_w == 0:
-            return x
-        # Reflection needs a pad smaller than the side; on images that small fall back to edge replication.
-        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t: TimeInput) -> torch.Tensor:
         h_in, w_in = x_t.shape[-2:]
         x = torch.cat([x_t - mu, mu], dim=1)
-        x = self.pad_to_multiple(x)
+        x = pad_to_multiple(x, self.pad_multiple)[0]
         x = self.init_conv(x)
         stem = x
 

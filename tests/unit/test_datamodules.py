@@ -23,9 +23,10 @@ from data.datamodules import (  # noqa: E402
     Rain100HDataModule,
 )
 from data.datasets import PairedImageDataset  # noqa: E402
-from data.degradations import NoiseLQ, read_mask  # noqa: E402
 from data.demo import TASKS, TEST_PHOTOS, TRAIN_PHOTOS, build_demo_split  # noqa: E402
 from data.layouts import Pair  # noqa: E402
+from data.masks import read_mask  # noqa: E402
+from data.synthetic import NoiseLQ  # noqa: E402
 from data.transforms import center_crop_pair, paired_train_transform  # noqa: E402
 
 H, W = 40, 48

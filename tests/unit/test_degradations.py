@@ -1,4 +1,4 @@
-"""data.degradations: MATLAB imresize, SR upsampling, masks, noise, blur and rain."""
+"""data.resize (MATLAB imresize, SR upsampling, modcrop), data.masks and data.synthetic (noise, blur, rain)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from data.degradations import (
-    FolderMask,
-    add_gaussian_noise,
-    apply_mask,
-    box_mask,
-    gaussian_blur,
-    imresize,
-    line_kernel,
-    motion_blur,
-    rain_layer,
-    random_pixel_mask,
-    read_mask,
-    stroke_mask,
-    synthetic_rain,
-    upsample_bicubic,
-)
+from data.masks import FolderMask, apply_mask, box_mask, random_pixel_mask, read_mask, stroke_mask
+from data.resize import imresize, modcrop, upsample_bicubic
+from data.synthetic import add_gaussian_noise, gaussian_blur, line_kernel, motion_blur, rain_layer, synthetic_rain
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,6 +119,13 @@ def test_upsample_bicubic_shape_interior_values_and_clamp():
     step[..., 2:] = 1.0
     assert upsample_bicubic(step, 2).max() > 1.0  # bicubic overshoots, as the official mu does
     assert upsample_bicubic(step, 2, clamp=True).max() == 1.0
+
+
+def test_modcrop_drops_the_bottom_right_remainder_of_arrays_and_tensors():
+    img = np.random.default_rng(0).random((10, 13, 3))
+    np.testing.assert_array_equal(modcrop(img, 4), img[:8, :12])
+    batch = torch.rand(2, 3, 10, 13)
+    assert torch.equal(modcrop(batch, 4), batch[..., :8, :12]) and torch.equal(modcrop(batch, 1), batch)
 
 
 # ---------------------------------------------------------------------------------------------------------

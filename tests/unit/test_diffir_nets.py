@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffir.dirformer import DIRformer, TransformerBlock
+from diffir.dirformer import DIRformer, LayerNorm, TransformerBlock
 from diffir.ipr_diffusion import IPRDenoiser, IPRDiffusion
 from diffir.networks import DiffIRS1, DiffIRS2
 from diffir.official import infer_config, load_network, load_state_dict_any
@@ -86,6 +86,17 @@ def test_different_ipr_gives_different_output():
         a = net(x, torch.randn(1, 256, generator=torch.Generator().manual_seed(0)))
         b = net(x, torch.randn(1, 256, generator=torch.Generator().manual_seed(1)))
     assert (a - b).abs().max() > 1e-3
+
+
+def test_with_bias_layer_norm_is_timm_layer_norm2d_with_the_official_keys_and_outputs():
+    norm = _randomise(LayerNorm(48, "WithBias"), 7)
+    assert {k: tuple(v.shape) for k, v in norm.state_dict().items()} == {"body.weight": (48,), "body.bias": (48,)}
+    x = torch.randn(2, 48, 17, 13) * 3 + 1
+    # Restormer's WithBias_LayerNorm on the (B, HW, C) view, written out in float32.
+    var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
+    official = (x - mean) / torch.sqrt(var + 1e-5) * norm.body.weight[:, None, None] + norm.body.bias[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), official, rtol=0, atol=3e-6)
 
 
 def _plain_restormer_block(block: TransformerBlock, x: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.tiling import crop_to, pad_to_multiple, tiled_apply
+from core.nn import crop_to, pad_by, pad_to_multiple
+from core.tiling import tiled_apply
 
 
 def _inputs(h: int = 37, w: int = 53, n: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,23 +145,28 @@ def test_rejects_bad_arguments() -> None:
 
 def test_pad_to_multiple_reflect_and_crop() -> None:
     x = torch.arange(2 * 3 * 10 * 13, dtype=torch.float32).view(2, 3, 10, 13)
-    padded, size = pad_to_multiple(x, 8)
-    assert size == (10, 13) and padded.shape == (2, 3, 16, 16)
+    padded, pad_h, pad_w = pad_to_multiple(x, 8)
+    assert (pad_h, pad_w) == (6, 3) and padded.shape == (2, 3, 16, 16)
     expected = np.pad(x.numpy(), ((0, 0), (0, 0), (0, 6), (0, 3)), mode="reflect")
     np.testing.assert_array_equal(padded.numpy(), expected)
-    torch.testing.assert_close(crop_to(padded, size), x, atol=0, rtol=0)
-    same, size_same = pad_to_multiple(padded, 8)
-    assert same is padded and size_same == (16, 16)
+    torch.testing.assert_close(crop_to(padded, (10, 13)), x, atol=0, rtol=0)
+    same, *pads = pad_to_multiple(padded, 8)
+    assert same is padded and pads == [0, 0]
+    # A paired image at twice the size is padded alike by the scaled amounts; other F.pad modes pass through.
+    x2 = torch.rand(1, 3, 20, 26)
+    np.testing.assert_array_equal(pad_by(x2, 2 * pad_h, 2 * pad_w).numpy(),
+                                  np.pad(x2.numpy(), ((0, 0), (0, 0), (0, 12), (0, 6)), mode="reflect"))
+    assert pad_to_multiple(x, 8, mode="constant")[0][..., 10:, :].abs().max() == 0
 
 
 def test_pad_to_multiple_falls_back_to_replicate() -> None:
     x = torch.arange(3 * 5, dtype=torch.float32).view(1, 1, 3, 5)  # padding 5 rows to 8 exceeds the 3 rows
-    padded, size = pad_to_multiple(x, 8)
-    assert size == (3, 5)
+    padded, pad_h, pad_w = pad_to_multiple(x, 8)
+    assert (pad_h, pad_w) == (5, 3)
     expected = np.pad(x.numpy(), ((0, 0), (0, 0), (0, 5), (0, 3)), mode="edge")
     np.testing.assert_array_equal(padded.numpy(), expected)
     # 3-D input works too.
-    padded3, _ = pad_to_multiple(x[0], 4)
+    padded3, _, _ = pad_to_multiple(x[0], 4)
     np.testing.assert_array_equal(
         padded3.numpy(), np.pad(x[0].numpy(), ((0, 0), (0, 1), (0, 3)), mode="reflect")
     )
