@@ -1,4 +1,4 @@
-"""Restore your own images with a trained model.
+"""Restore your own images with a trained model (config: configs/restore.yaml).
 
   python restore.py ckpt=runs/.../checkpoints/last.ckpt input=photos/ output=restored/ [tile=512] [overlap=32]
   python restore.py weights=lastest_EMA.pth experiment=irsde_rain100h input=img.png output=out/
@@ -8,85 +8,98 @@
 
 Any image size works. With tile=N the network runs on overlapping N x N tiles blended smoothly, so a 2K image
 fits in a fixed memory budget (tiling wraps each network evaluation, so a sampler's noise stays consistent
-across tiles). Options: sampler=, steps=, seed=, device=, precision=bf16.
-DiffPIR takes the input as the measurement y of its task: mask=FILE (white = known pixel) or a folder of masks
-named like the inputs for inpainting, kernel=FILE for deblurring; the other options are in diffpir/cli.py.
+across tiles). The input is the model's measurement: for inpainting, mask=FILE (white = known pixel) or a
+folder of masks named like the inputs.
 """
 
 from __future__ import annotations
 
-import sys
 import zlib
 from pathlib import Path
 
-from core.cli import check_override_keys, parse_overrides, user_errors
-from diffpir.cli import KEYS as DIFFPIR_KEYS
+import hydra
+from omegaconf import DictConfig
 
-OWN_KEYS = ("ckpt", "weights", "experiment", "input", "output", "tile", "overlap", "sampler", "steps", "sigma",
-            "seed", "device", "precision", "progress")
+from core.cli import CONFIG_DIR, run_hydra, user_errors
+
+RESULT: list[list[Path]] = []
 
 
-def main(argv: list[str]) -> list[Path]:
+def restore(cfg: DictConfig) -> list[Path]:
     import torch
-    from omegaconf import OmegaConf
     from tqdm import tqdm
 
     from core.errors import ConfigError, DataError
     from core.io import list_images, read_image, to_tensor, write_image
-    from core.loading import module_from_checkpoint, module_from_weights, pick_device
+    from core.loading import pick_device, restorer_source
+    from core.restorer import OPTION_KEYS, build_restorer
 
-    args = dict(parse_overrides(argv).items())
     for key in ("input", "output"):
-        if not args.get(key):
+        if not cfg.get(key):
             raise ConfigError(f"missing {key}=...: python restore.py ckpt=PATH input=FOLDER_OR_FILE output=FOLDER")
-    from diffpir.cli import measurement_extras, restorer_from_args, wants_diffpir
-
-    diffpir = wants_diffpir(args)
-    overrides = OmegaConf.create({k: v for k, v in args.items() if k not in OWN_KEYS + DIFFPIR_KEYS})
-    check_override_keys(overrides, OWN_KEYS + (DIFFPIR_KEYS if diffpir else ()))
-    if diffpir:
-        module, _ = restorer_from_args(args)
-    elif args.get("ckpt"):
-        module, _ = module_from_checkpoint(args["ckpt"], overrides)
-        if hasattr(module, "restorer"):  # a DiffPIR prior: the task and its mask/kernel must be named
-            raise ConfigError(f"ckpt={args['ckpt']} is a DiffPIR prior: restore with model=diffpir "
-                              f"prior_ckpt={args['ckpt']} task=inpainting|sr_x4|deblur_gaussian|... "
-                              "(and mask= or kernel=)")
-    elif args.get("weights") and args.get("experiment"):
-        module, _ = module_from_weights(args["weights"], args["experiment"])
-    else:
-        raise ConfigError("pass ckpt=PATH (a suite checkpoint), weights=PATH experiment=NAME (release weights) "
-                          "or model=diffpir prior_ckpt=PATH task=NAME")
-    source = Path(args["input"])
-    if source.is_file():
-        files = [source]
-    elif source.is_dir():
-        files = list_images(source)
-    else:
+    source = Path(cfg.input)
+    files = [source] if source.is_file() else list_images(source) if source.is_dir() else None
+    if files is None:
         raise DataError(f"input={source}: no such file or folder")
     if not files:
         raise DataError(f"input={source}: no images found (png, jpg, bmp, tif, webp)")
-    device = pick_device(args.get("device"))
-    module.to(device)
-    options = {k: args[k] for k in ("sampler", "steps", "sigma", "tile", "overlap") if args.get(k) is not None}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.get("precision") == "bf16")
-    out_dir = Path(args["output"])
+    module, _, description = restorer_source(cfg)
+    device = pick_device(cfg.device)
+    restorer = build_restorer(module.to(device), {k: cfg.get(k) for k in OPTION_KEYS})
+    print(f"model: {description} ({restorer.describe()})")
     written = []
-    for path in tqdm(files, desc="restoring", disable=not args.get("progress", True)):
+    for path in tqdm(files, desc="restoring", disable=not cfg.progress):
         lq = to_tensor(read_image(path))[None].to(device)
         # seeded by the file name: an image restores the same alone or within a folder
-        seed = int(args.get("seed", 0)) + zlib.crc32(path.name.encode())
-        generator = torch.Generator(device=device).manual_seed(seed)
-        with autocast:
-            extras = measurement_extras(args, path, lq) if diffpir else {}
-            restored = module.restore(lq, generator=generator, **extras, **options).float()
-        target = out_dir / f"{path.stem}.png"
+        generator = torch.Generator(device=device).manual_seed(int(cfg.seed) + zlib.crc32(path.name.encode()))
+        conditions = {"mask": _mask_of(cfg.mask, path, lq)} if "mask" in restorer.conditions and cfg.mask else {}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.precision) == "bf16"):
+            restored = restorer.restore(lq, generator=generator, **conditions).float()
+        target = Path(cfg.output) / f"{path.stem}.png"
         write_image(target, restored[0].cpu())
         written.append(target)
-    print(f"restored {len(written)} image(s) into {out_dir}")
+    print(f"restored {len(written)} image(s) into {cfg.output}")
     return written
+
+
+def _mask_of(mask: str, image_path: Path, lq):
+    """The mask of one input image (mask=FILE, or a folder of masks named like the inputs): 1 x 1 x H x W."""
+    import torch
+
+    from core.errors import DataError
+    from core.io import list_images
+    from data.masks import read_mask
+
+    source = Path(mask)
+    if mask in ("batch", "box", "pixels", "strokes"):  # DiffPIR's generated masks: the restorer makes them
+        return None
+    if source.is_dir():
+        matches = [p for p in list_images(source) if p.stem == image_path.stem]
+        if not matches:
+            raise DataError(f"mask={source}: no mask named {image_path.stem}.* for the input {image_path.name}")
+        source = matches[0]
+    elif not source.is_file():
+        raise DataError(f"mask={source}: no such file or folder (white = known pixel, black = to fill)")
+    height, width = lq.shape[-2:]
+    array = read_mask(source, None)
+    if array.shape != (height, width):
+        raise DataError(f"mask={source} is {array.shape[0]}x{array.shape[1]} but {image_path.name} is "
+                        f"{height}x{width}: the mask must have the image's size")
+    return torch.from_numpy(array)[None, None].to(lq.device)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="restore")
+def _hydra_main(cfg: DictConfig) -> None:
+    RESULT.append(restore(cfg))
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Run with `argv` as the command line (default sys.argv); returns the written files."""
+    RESULT.clear()
+    run_hydra(_hydra_main, "restore", argv)
+    return RESULT[-1]
 
 
 if __name__ == "__main__":
     with user_errors():
-        main(sys.argv[1:])
+        main()

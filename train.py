@@ -19,10 +19,9 @@ log = logging.getLogger("train")
 
 def train(cfg: DictConfig) -> dict:
     import lightning as L
-    from hydra.utils import instantiate
 
     from core.checkpoint import AtomicCheckpointIO
-    from core.loggers import make_logger
+    from core.loading import instantiate
 
     L.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -30,17 +29,16 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
     module.run_config = run_config
-    if hasattr(module, "prepare_from_config"):  # e.g. DiffIR stage 2 loads its stage-1 checkpoint
-        module.prepare_from_config(cfg)
-    logger_cfg = dict(cfg.logger)
-    logger = make_logger(logger_cfg.pop("kind"), out_dir, name=f"{cfg.name}/{out_dir.name}", config=run_config,
-                         **logger_cfg)
+    logger = instantiate(cfg.logger) if cfg.logger and cfg.logger.get("_target_") else False
+    if logger:
+        logger.log_hyperparams(run_config)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
     trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     results = {"run_dir": str(out_dir), "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
-    if cfg.test_after_fit:
-        trainer.test(module, datamodule=datamodule)
+    if cfg.test_after_fit:  # the test split through the one evaluation loop (RestorationModule.test_step)
+        (scores,) = trainer.test(module, datamodule=datamodule)
+        results["test"] = {k: float(v) for k, v in scores.items()}
     if trainer.is_global_zero:
         ckpt_dir = out_dir / "checkpoints"
         log.info("checkpoints in %s; evaluate with: python evaluate.py ckpt=%s", ckpt_dir, ckpt_dir / "last.ckpt")

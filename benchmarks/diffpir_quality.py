@@ -11,12 +11,12 @@ dict; --quick without --prior makes a tiny random GuidedUNet in a temporary file
   sr_x2             MATLAB-bicubic x2 downscaling, σ_n = 0.01
   deblur_gaussian   the official Gaussian kernel scaled to a 9x9 grid (kernel_size=9), σ_n = 0.01
 
-with the official sampler settings of each task otherwise (diffpir.sampler.TASK_DEFAULTS). The restorer is built
-by diffpir.cli from the same arguments as ``python evaluate.py model=diffpir prior_ckpt=PRIOR data=demo_faces
-task=... mask=box noise_sigma=... kernel_size=9 nfe=N perceptual=false``, and every image is handled as
+with the official sampler settings of each task otherwise (diffpir.sampler.TASK_DEFAULTS). The restorer is built by
+diffpir.restorer.diffpir_model from the same arguments as ``python evaluate.py model=diffpir prior_ckpt=PRIOR
+data=demo_faces task=... mask=box noise_sigma=... kernel_size=9 nfe=N perceptual=false``, and every image is handled as
 evaluate.py does: one torch.Generator seeded ``seed + index`` per image draws the measurement
-(DiffPIRRestorer.prepare_batch) and then the sampler noise, and the uint8 images are scored by
-core.evaluation.Scorer (PSNR/SSIM, BasicSR semantics, the demo data module's convention), so the numbers equal
+(DiffPIRRestorer.measure) and then the sampler noise, through evaluate.py's own loop (core.evaluation: PSNR/SSIM
+with BasicSR semantics on the 8-bit images, the demo data module's convention), so the numbers equal
 evaluate.py's. Recorded: PSNR/SSIM of the restored images and of the degraded inputs (where the sizes match: not
 for SR), seconds per image. Writes the JSON (--out), a PSNR-vs-NFE figure (--plot, PNG) and prints markdown tables.
 """
@@ -28,7 +28,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from benchmarks.common import (
     torch_threads,
     write_json,
 )
+from benchmarks.plots import line_plot
 
 TASKS = ("inpainting", "sr_x2", "deblur_gaussian")
 # The evaluate.py / diffpir.cli arguments of each task (everything else: the official defaults of the task).
@@ -98,12 +98,11 @@ def write_random_prior(path: Path, seed: int) -> Path:
     return path
 
 
-def build_restorer(prior: Path, task: str, device: torch.device):
-    """The DiffPIRRestorer evaluate.py builds for ``model=diffpir prior_ckpt=PRIOR task=TASK <TASK_ARGS>``."""
-    from diffpir.cli import restorer_from_args
+def prior_module(prior: Path, task: str, device: torch.device):
+    """What evaluate.py builds for ``model=diffpir prior_ckpt=PRIOR task=TASK <TASK_ARGS>``."""
+    from diffpir.restorer import diffpir_model
 
-    restorer, _ = restorer_from_args({"model": "diffpir", "prior_ckpt": str(prior), "task": task, **TASK_ARGS[task]})
-    return restorer.to(device)
+    return diffpir_model(str(prior), task, **TASK_ARGS[task]).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,61 +110,25 @@ def build_restorer(prior: Path, task: str, device: torch.device):
 # ----------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def score_task(
-    restorer: Any,
-    batches: list[dict[str, Any]],
-    nfe: int,
-    seed: int,
-    device: torch.device,
-    bf16: bool,
-    y_channel: bool,
-    crop: int,
-) -> dict[str, Any]:
-    """Restore every face at ``nfe`` evaluations, as evaluate.py's loop does; scores of outputs and inputs."""
-    from core.evaluation import Scorer, tensor_to_images
-    from core.metrics import calculate_psnr, calculate_ssim
+def score_task(module: Any, batches: list[dict[str, Any]], nfe: int, seed: int, device: torch.device, bf16: bool,
+               y_channel: bool, crop: int) -> dict[str, Any]:
+    """Restore every face at ``nfe`` evaluations through the one evaluation loop (core.evaluation, as
+    evaluate.py); scores of outputs and inputs."""
+    from core.evaluation import ImageMetrics, evaluate
+    from core.restorer import build_restorer
 
-    scorer = Scorer(y_channel=y_channel, crop_border=crop, perceptual=False)
-    for batch in batches:
-        generator = torch.Generator(device=device).manual_seed(seed + int(batch["index"][0]))
-        batch = restorer.prepare_batch(batch, generator)
-        lq = batch["lq"].to(device)
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            restored = restorer.restore(lq, generator=generator, nfe=nfe, **restorer.restore_extras(batch, device))
-        restored = restored.float()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = (time.perf_counter() - start) / lq.shape[0]
-        for name, lq_img, out_img, gt_img in zip(
-            batch["name"], tensor_to_images(batch["lq"]), tensor_to_images(restored), tensor_to_images(batch["gt"])
-        ):
-            extra = {"seconds": seconds}
-            if lq_img.shape == gt_img.shape:
-                extra["psnr_input"] = calculate_psnr(lq_img, gt_img, crop, y_channel)
-                extra["ssim_input"] = calculate_ssim(lq_img, gt_img, crop, y_channel)
-            scorer.add(str(name), out_img, gt_img, **extra)
-    summary = scorer.summary()
-    return {
-        "nfe": restorer.nfe(nfe=nfe),
-        "requested_nfe": nfe,
-        "psnr": summary["psnr"],
-        "ssim": summary["ssim"],
-        "seconds_per_image": summary["seconds"],
-        "per_image_psnr": [row["psnr"] for row in scorer.rows],
-        "per_image_ssim": [row["ssim"] for row in scorer.rows],
-        "input": (
-            {
-                "psnr": summary["psnr_input"],
-                "ssim": summary["ssim_input"],
-                "per_image_psnr": [row["psnr_input"] for row in scorer.rows],
-                "per_image_ssim": [row["ssim_input"] for row in scorer.rows],
-            }
-            if "psnr_input" in summary
-            else None
-        ),
-    }
+    restorer = build_restorer(module, {"steps": nfe})
+    metrics = ImageMetrics(y_channel=y_channel, crop_border=crop)
+    evaluate(restorer, batches, metrics, device, seed=seed, precision="bf16" if bf16 else None, progress=False)
+    rows = metrics.per_image()
+    summary = metrics.summary(rows)
+    inputs = None
+    if "psnr_input" in summary:
+        inputs = {"psnr": summary["psnr_input"], "ssim": summary["ssim_input"],
+                  "per_image_psnr": [r["psnr_input"] for r in rows], "per_image_ssim": [r["ssim_input"] for r in rows]}
+    return {"nfe": restorer.nfe(), "requested_nfe": nfe, "psnr": summary["psnr"], "ssim": summary["ssim"],
+            "seconds_per_image": summary["seconds"], "per_image_psnr": [r["psnr"] for r in rows],
+            "per_image_ssim": [r["ssim"] for r in rows], "input": inputs}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -192,43 +155,17 @@ def format_tables(result: dict[str, Any]) -> str:
     return markdown_table(header, rows) + "\n\n" + markdown_table(timing_header, timing_rows)
 
 
-def write_plot(path: Path, result: dict[str, Any]) -> str:
-    """PSNR against NFE, one line per task (dotted: the degraded input's PSNR). matplotlib when installed, else
-    the suite's PIL line plot (benchmarks.irsde_quality.line_plot); returns what drew it."""
+def write_plot(path: Path, result: dict[str, Any]) -> Path:
+    """PSNR against NFE, one line per task (dotted: the degraded input's PSNR)."""
     series = {
         task: sorted((r["nfe"], r["psnr"]) for r in entry["results"] if math.isfinite(r["psnr"]))
         for task, entry in result["tasks"].items()
     }
+    references = {f"{task} input": entry["input"]["psnr"] for task, entry in result["tasks"].items()
+                  if entry["input"] is not None}
     title = f"DiffPIR on the demo faces ({result['num_images']} images): PSNR vs NFE"
-    x_label, y_label = "network evaluations (NFE)", "PSNR (dB)"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import matplotlib
-    except ImportError:
-        from benchmarks.irsde_quality import line_plot
-
-        line_plot(path, series, title=title, x_label=x_label, y_label=y_label)
-        return "PIL (matplotlib is not installed)"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for index, (task, points) in enumerate(series.items()):
-        colour = f"C{index}"
-        ax.plot([x for x, _ in points], [y for _, y in points], "o-", color=colour, label=task)
-        inputs = result["tasks"][task]["input"]
-        if inputs is not None:
-            ax.axhline(inputs["psnr"], color=colour, linestyle=":", linewidth=1, label=f"{task} input")
-    ax.set_xscale("log")
-    ticks = sorted({x for points in series.values() for x, _ in points})
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set(xlabel=x_label, ylabel=y_label, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return "matplotlib"
+    return line_plot(path, series, title=title, x_label="network evaluations (NFE)", y_label="PSNR (dB)",
+                     references=references)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,21 +208,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def benchmark(args: argparse.Namespace, prior: Path, device: torch.device) -> dict[str, Any]:
+    from core.restorer import build_restorer
+
     y_channel, crop = metric_convention(args.image_size)
     batches = load_faces(args.image_size, args.max_images)
     torch.manual_seed(args.seed)  # anything drawn outside the per-image generators stays reproducible too
     tasks: dict[str, Any] = {}
     for task in args.tasks:
-        restorer = build_restorer(prior, task, device)
-        task_crop = restorer.task.scale if restorer.task.is_sr else crop
+        module = prior_module(prior, task, device)
+        restorer = build_restorer(module)
+        task_crop = restorer.scoring().get("crop_border", crop)
         runs = [
-            score_task(restorer, batches, n, args.seed, device, args.precision == "bf16", y_channel, task_crop)
+            score_task(module, batches, n, args.seed, device, args.precision == "bf16", y_channel, task_crop)
             for n in args.nfe
         ]
         tasks[task] = {
             "crop_border": task_crop,
             "arguments": TASK_ARGS[task],
-            "sampler": {k: v for k, v in restorer.sampler_summary().items() if k not in ("nfe", "steps")},
+            "sampler": {k: v for k, v in restorer.settings().items() if k not in ("nfe", "steps")},
             "describe": restorer.describe(),
             "input": runs[0]["input"],  # the measurement depends on the seed only, not on the NFE count
             "results": [{k: v for k, v in run.items() if k != "input"} for run in runs],
@@ -322,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(args.out, result)
     drawn = None if args.no_plot else write_plot(args.plot, result)
     print(format_tables(result))
-    print(f"\nwrote {args.out}" + (f" and {args.plot} (drawn with {drawn})" if drawn else ""))
+    print(f"\nwrote {args.out}" + (f" and {args.plot}" if drawn else ""))
     return result
 
 

@@ -10,8 +10,8 @@ an IR-SDE checkpoint; for a denoising checkpoint (section 4.3, ``sde.kind: denoi
 and denoise_sde started at t*(sigma), sigma from the checkpoint's sampler options (or --sigma), which also
 caps the step count at t* (steps are reported as the network evaluations actually made).
 Image i is restored with a generator seeded ``seed + i`` (as evaluate.py does), so every sampler and step
-count starts from the same noise. Writes the JSON (--out), a PSNR-vs-steps plot (--plot, PNG, drawn with
-PIL) and prints a markdown table.
+count starts from the same noise. Writes the JSON (--out), a PSNR-vs-steps plot (--plot, PNG, matplotlib)
+and prints a markdown table.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ if __package__ in (None, ""):  # run as a file: make the repo root importable
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network at import
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.common import (
     REPO_ROOT,
@@ -38,10 +36,10 @@ from benchmarks.common import (
     load_average,
     machine_info,
     markdown_table,
-    mean,
     pick_device,
     write_json,
 )
+from benchmarks.plots import line_plot
 
 SAMPLER_NAMES = ("sde", "ode", "posterior")
 DENOISE_SAMPLER_NAMES = ("denoise_ode", "denoise_sde")
@@ -76,44 +74,28 @@ def load_test_images(task: str, image_size: int, max_images: int | None) -> list
     return [dataset[i] for i in range(len(dataset))]
 
 
-@torch.no_grad()
 def score_sampler(module: Any, items: list[dict[str, Any]], sampler: str, steps: int, seed: int,
                   device: torch.device, bf16: bool, y_channel: bool, crop: int,
                   options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Restore every image with one sampler setting; per-image and mean PSNR/SSIM and seconds per image.
+    """Restore every image with one sampler setting through the one evaluation loop (core.evaluation, as
+    evaluate.py); per-image and mean PSNR/SSIM of the outputs and of the inputs, seconds per image."""
+    from torch.utils.data import default_collate
 
-    ``options`` go to ``module.restore`` as well (``sigma`` for the denoising samplers)."""
-    from core.metrics import psnr_ssim
+    from core.evaluation import ImageMetrics, evaluate
+    from core.restorer import build_restorer
 
-    options = options or {}
-    psnrs, ssims, seconds = [], [], []
-    for item in items:
-        lq = item["lq"][None].to(device)
-        generator = torch.Generator(device=device).manual_seed(seed + int(item["index"]))
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            restored = module.restore(lq, generator=generator, name=sampler, steps=steps, **options).float()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-        psnr, ssim = psnr_ssim(restored.cpu(), item["gt"][None], y_channel, crop)
-        psnrs.append(float(psnr[0]))
-        ssims.append(float(ssim[0]))
-    return {"sampler": sampler, "steps": steps, "nfe": module.nfe(name=sampler, steps=steps, **options),
-            "psnr": mean(psnrs), "ssim": mean(ssims),
-            "seconds_per_image": mean(seconds), "per_image_psnr": psnrs, "per_image_ssim": ssims}
-
-
-def score_inputs(items: list[dict[str, Any]], y_channel: bool, crop: int) -> dict[str, Any] | None:
-    """PSNR/SSIM of the degraded inputs themselves (None when LQ and GT sizes differ)."""
-    from core.metrics import psnr_ssim
-
-    if any(item["lq"].shape != item["gt"].shape for item in items):
-        return None
-    scores = [psnr_ssim(item["lq"][None], item["gt"][None], y_channel, crop) for item in items]
-    psnrs = [float(p[0]) for p, _ in scores]
-    ssims = [float(s[0]) for _, s in scores]
-    return {"psnr": mean(psnrs), "ssim": mean(ssims), "per_image_psnr": psnrs, "per_image_ssim": ssims}
+    restorer = build_restorer(module, {"sampler": sampler, "steps": steps, **(options or {})})
+    metrics = ImageMetrics(y_channel, crop)
+    evaluate(restorer, [default_collate([item]) for item in items], metrics, device, seed=seed,
+             precision="bf16" if bf16 else None, progress=False)
+    rows = metrics.per_image()
+    summary = metrics.summary(rows)
+    return {"sampler": sampler, "steps": steps, "nfe": restorer.nfe(), "psnr": summary["psnr"],
+            "ssim": summary["ssim"], "seconds_per_image": summary["seconds"],
+            "per_image_psnr": [r["psnr"] for r in rows], "per_image_ssim": [r["ssim"] for r in rows],
+            "input": {"psnr": summary["psnr_input"], "ssim": summary["ssim_input"],
+                      "per_image_psnr": [r["psnr_input"] for r in rows],
+                      "per_image_ssim": [r["ssim_input"] for r in rows]} if "psnr_input" in summary else None}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -127,112 +109,15 @@ def format_table(result: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Plot (drawn with PIL: matplotlib is not a dependency of the suite)
-# ----------------------------------------------------------------------------------------------------------
-
-COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
-GREY, LIGHT, BLACK, WHITE = (110, 110, 110), (225, 225, 225), (0, 0, 0), (255, 255, 255)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # scalable font (Pillow >= 10.1 with FreeType)
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round ticks (1, 2 or 5 times a power of ten apart) covering [lo, hi], about ``count`` of them."""
-    raw = (hi - lo) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _dashed_hline(draw: ImageDraw.ImageDraw, x0: float, x1: float, y: float, colour: tuple[int, int, int],
-                  dash: int = 8, width: int = 2) -> None:
-    x = x0
-    while x < x1:
-        draw.line([(x, y), (min(x + dash, x1), y)], fill=colour, width=width)
-        x += 2 * dash
-
-
-def line_plot(path: Path, series: dict[str, list[tuple[float, float]]], title: str, x_label: str,
-              y_label: str, reference: float | None = None, reference_label: str = "") -> Path:
-    """One line per series on a log-scaled x axis (step counts), with an optional dashed horizontal line."""
-    width, height = 860, 520
-    left, right, top, bottom = 80, 190, 50, 70
-    plot_w, plot_h = width - left - right, height - top - bottom
-    image = Image.new("RGB", (width, height), WHITE)
-    draw = ImageDraw.Draw(image)
-    font, small = _font(15), _font(13)
-
-    xs = sorted({x for points in series.values() for x, _ in points})
-    ys = [y for points in series.values() for _, y in points] + ([reference] if reference is not None else [])
-    if not xs or not ys:
-        raise ValueError("nothing to plot")
-    y_lo, y_hi = min(ys), max(ys)
-    pad = max((y_hi - y_lo) * 0.08, 0.25)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
-    log_lo, log_hi = math.log(xs[0]), math.log(xs[-1])
-
-    def px(x: float) -> float:
-        if log_hi == log_lo:
-            return left + plot_w / 2
-        return left + (math.log(x) - log_lo) / (log_hi - log_lo) * plot_w
-
-    def py(y: float) -> float:
-        return top + (y_hi - y) / (y_hi - y_lo) * plot_h
-
-    for tick in nice_ticks(y_lo, y_hi):
-        draw.line([(left, py(tick)), (left + plot_w, py(tick))], fill=LIGHT)
-        draw.text((left - 8, py(tick)), f"{tick:g}", fill=BLACK, font=small, anchor="rm")
-    for x in xs:
-        draw.line([(px(x), top), (px(x), top + plot_h)], fill=LIGHT)
-        draw.text((px(x), top + plot_h + 8), f"{x:g}", fill=BLACK, font=small, anchor="mt")
-    draw.rectangle([left, top, left + plot_w, top + plot_h], outline=BLACK)
-
-    legend_y = top + 10
-    legend_x = left + plot_w + 20
-    if reference is not None:
-        _dashed_hline(draw, left, left + plot_w, py(reference), GREY)
-        _dashed_hline(draw, legend_x, legend_x + 30, legend_y, GREY, dash=6)
-        draw.text((legend_x + 38, legend_y), reference_label, fill=BLACK, font=small, anchor="lm")
-        legend_y += 24
-    for index, (name, points) in enumerate(series.items()):
-        colour = COLOURS[index % len(COLOURS)]
-        coords = [(px(x), py(y)) for x, y in points]
-        if len(coords) > 1:
-            draw.line(coords, fill=colour, width=3)
-        for cx, cy in coords:
-            draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colour)
-        draw.line([(legend_x, legend_y), (legend_x + 30, legend_y)], fill=colour, width=3)
-        draw.text((legend_x + 38, legend_y), name, fill=BLACK, font=small, anchor="lm")
-        legend_y += 24
-
-    draw.text((width / 2, 20), title, fill=BLACK, font=font, anchor="mm")
-    draw.text((left + plot_w / 2, height - 22), x_label, fill=BLACK, font=font, anchor="mm")
-    # Vertical axis label: drawn on its own strip, rotated a quarter turn.
-    strip = Image.new("RGB", (plot_h, 24), WHITE)
-    ImageDraw.Draw(strip).text((plot_h / 2, 12), y_label, fill=BLACK, font=font, anchor="mm")
-    image.paste(strip.rotate(90, expand=True), (14, top))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
-
-
 def write_plot(path: Path, result: dict[str, Any]) -> Path:
     series = {}
     for name in result["settings"]["samplers"]:
         points = [(r["steps"], r["psnr"]) for r in result["results"] if r["sampler"] == name]
         series[name] = sorted(p for p in points if math.isfinite(p[1]))
-    reference = result["input"]["psnr"] if result["input"] is not None else None
+    references = {"degraded input": result["input"]["psnr"]} if result["input"] is not None else {}
     title = f"IR-SDE on demo-{result['task']} ({result['num_images']} images): PSNR vs sampler steps"
     return line_plot(path, series, title=title, x_label="sampler steps (network evaluations)",
-                     y_label="PSNR (dB)", reference=reference, reference_label="degraded input")
+                     y_label="PSNR (dB)", references=references)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -287,6 +172,7 @@ def sampler_plan(module: Any, args: argparse.Namespace) -> tuple[list[str], list
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     from core.loading import module_from_checkpoint
+    from core.restorer import build_restorer
 
     device = pick_device(args.device)
     module, cfg = module_from_checkpoint(args.ckpt)
@@ -304,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in names:
         # A sampler never takes more steps than it has timesteps (T, or t* when denoising): clip, then drop
         # the duplicates that clipping makes.
-        most = module.nfe(name=name, steps=None, **options)
+        most = build_restorer(module, {"sampler": name, **options}).nfe()
         for steps in sorted({min(s, most) for s in requested}, reverse=True):
             runs.append(score_sampler(module, items, name, steps, args.seed, device, args.precision == "bf16",
                                       y_channel, crop, options))
@@ -312,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "irsde_quality",
         "checkpoint": str(args.ckpt),
         "task": task,
-        "network": module.describe() if hasattr(module, "describe") else type(module).__name__,
+        "network": build_restorer(module, options).describe(),
         "num_images": len(items),
         "images": [str(item["name"]) for item in items],
         "settings": {"samplers": names, "requested_steps": sorted(requested, reverse=True), "T": module.sde.T,
@@ -320,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "precision": args.precision,
                      "metrics": {"y_channel": y_channel, "crop_border": crop, "quantised_8bit": True}},
         "machine": machine_info(device),
-        "input": score_inputs(items, y_channel, crop),
+        "input": [run.pop("input") for run in runs][0] if runs else None,  # the same inputs for every run
         "results": runs,
     }
     # Timings above are wall-clock: a busy machine (load above the thread count) inflates them.

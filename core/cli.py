@@ -1,10 +1,17 @@
-"""Small helpers shared by the entry points: user errors without tracebacks, key=value overrides."""
+"""What the Hydra entry points share: user errors as one line, a misspelt key named before Hydra runs, and the
+user's overrides merged into the config a checkpoint stores.
+
+evaluate.py and restore.py take the run config's sections as plain overrides (`data.root=DIR`, `model.sde.T=50`)
+although their own configs do not declare them: `hydra_argv` lets Hydra add them (`++`), and `merge_user_sections`
+applies them to a checkpoint's stored run config (a group choice such as `data=rain100h` replaces the section).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -18,87 +25,89 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks 
 
 @contextlib.contextmanager
 def user_errors():
-    """Print a UserError as one clear line and exit 2; other exceptions keep their traceback (they are bugs)."""
+    """Print a UserError (or a Lightning setting it rejects) as one clear line and exit 2; other exceptions keep
+    their traceback (they are bugs)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     try:
         yield
-    except UserError as err:
+    except (UserError, MisconfigurationException) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
-def parse_overrides(argv: list[str]) -> DictConfig:
-    """key=value arguments (dotted keys, YAML values) as a config; anything else is a clear error."""
-    bad = [a for a in argv if "=" not in a or a.startswith("=")]
-    if bad:
-        raise ConfigError(f"arguments must be key=value (got {bad[0]!r}); e.g. ckpt=runs/x/checkpoints/last.ckpt")
-    args = [a.lstrip("+") for a in argv]
-    cfg = OmegaConf.from_dotlist(args)
-    # "data=celebahq data.root=/x": the dotted key would silently replace the group choice; keep both
-    for group in GROUPS:
-        choice = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == group]
-        if choice and isinstance(cfg.get(group), DictConfig):
-            cfg[group]["_group_"] = choice[-1]
-    return cfg
-
-
-GROUPS = ("data", "model")
-
-
-def group_choice(overrides, group: str) -> str | None:
-    """The config-group option chosen on the command line (data=celebahq), with or without dotted keys."""
-    value = overrides.get(group)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (dict, DictConfig)):
-        return value.get("_group_")
-    return None
-
-
-def run_config_sections() -> set[str]:
-    """Top-level keys of a run config: configs/train.yaml's own keys and its config groups."""
-    cfg = OmegaConf.load(CONFIG_DIR / "train.yaml")
+def _top_keys(config_name: str) -> tuple[set[str], set[str]]:
+    """(plain keys, config groups of the defaults list) of configs/<config_name>.yaml."""
+    cfg = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
     groups = {str(next(iter(e))) if isinstance(e, (dict, DictConfig)) else str(e) for e in cfg.get("defaults", [])}
-    return (set(cfg) | groups) - {"defaults", "_self_"}
+    return set(cfg) - {"defaults"}, groups - {"_self_"}
 
 
-def check_override_keys(overrides, own_keys) -> None:
-    """Every key=value that is not an entry point's own option must address a section of the run config, so a
-    typo (stpes=10) is an error instead of a silently ignored setting."""
-    sections = run_config_sections()
-    unknown = [str(k) for k in overrides if str(k) not in sections]
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]}=...: the options are {', '.join(own_keys)}; other keys "
-                          f"override the run config ({', '.join(sorted(sections))}), e.g. data.root=DIR")
+def run_sections() -> set[str]:
+    """Top-level keys of a run config (configs/train.yaml's keys and groups)."""
+    keys, groups = _top_keys("train")
+    return keys | groups
 
 
-def load_group(group: str, option: str) -> DictConfig:
-    """configs/<group>/<option>.yaml, with its own defaults list resolved (one level, same group)."""
-    path = CONFIG_DIR / group / f"{option}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-        raise ConfigError(f"{group}={option}: no such config; choose one of {choices}")
-    cfg = OmegaConf.load(path)
-    defaults = cfg.pop("defaults", None) if isinstance(cfg, DictConfig) else None
-    if defaults:
-        base = OmegaConf.create()
-        for entry in defaults:
-            if isinstance(entry, str) and entry != "_self_":
-                base = OmegaConf.merge(base, load_group(group, entry))
-        cfg = OmegaConf.merge(base, cfg)
-    return cfg
+def hydra_argv(config_name: str, argv: list[str]) -> list[str]:
+    """The command line for Hydra: an unknown key is a ConfigError naming the valid ones; a run-config key the
+    entry point's config does not declare gets Hydra's `++` (add or override)."""
+    own, groups = _top_keys(config_name)
+    valid = own | groups | {"hydra"}
+    for arg in argv:  # a chosen option of a group packaged _global_ (model=diffpir) brings its own keys
+        key, _, value = arg.lstrip("+~").partition("=")
+        path = CONFIG_DIR / key / f"{value}.yaml"
+        if key in groups and path.is_file() and "@package _global_" in path.read_text().split("\n", 1)[0]:
+            valid |= set(OmegaConf.load(path)) - {"defaults"}
+    sections = run_sections()
+    out = []
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            out.append(arg)  # Hydra's own flags (--help, --cfg job ...)
+            continue
+        key = arg.lstrip("+~").split("=", 1)[0]
+        top = key.split(".")[0].split("[")[0]
+        if top in groups and key != top:  # data.root=DIR: the group may be unset here (a checkpoint's data)
+            out.append("++" + arg.lstrip("+"))
+        elif top in valid:
+            out.append(arg)
+        elif top in sections:
+            out.append("++" + arg.lstrip("+"))
+        else:
+            raise ConfigError(f"unknown option {top}=...: the options are {', '.join(sorted(own))}; other keys "
+                              f"override the run config ({', '.join(sorted(sections))}), e.g. data.root=DIR")
+    return out
 
 
-def apply_overrides(cfg: DictConfig, overrides: DictConfig, groups: tuple[str, ...] = ("data", "model")) -> DictConfig:
-    """Merge key=value overrides into a stored run config; `data=rain100h` swaps in that config group."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    OmegaConf.set_struct(cfg, False)
-    overrides = OmegaConf.create(OmegaConf.to_container(overrides, resolve=False))
-    for group in groups:
-        choice = group_choice(overrides, group)
-        if choice is not None:
-            cfg[group] = load_group(group, choice)
-            if isinstance(overrides[group], str):
-                overrides.pop(group)
-            else:
-                overrides[group].pop("_group_")
-    return OmegaConf.merge(cfg, overrides)
+def run_hydra(entry: Callable[[], None], config_name: str, argv: list[str] | None) -> None:
+    """Call a @hydra.main function with `argv` as its command line; errors propagate (one line for a UserError
+    under `user_errors`, a traceback for a bug) instead of Hydra's summary and exit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved = sys.argv
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [saved[0] if saved else config_name, *hydra_argv(config_name, argv)]
+    try:
+        entry()
+    finally:
+        sys.argv = saved
+
+
+def merge_user_sections(stored: dict | DictConfig, cfg: DictConfig) -> DictConfig:
+    """`stored` (a checkpoint's run config) with the run-config sections the user set on the command line:
+    a group choice (data=rain100h) replaces the section, dotted keys (data.root=DIR) are merged into it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    touched = {o.lstrip("+~").split("=", 1)[0].split(".")[0] for o in hydra.overrides.task}
+    out = OmegaConf.create(OmegaConf.to_container(OmegaConf.create(stored), resolve=False))
+    OmegaConf.set_struct(out, False)
+    for section in sorted(touched & run_sections()):
+        if section not in cfg or cfg[section] is None:
+            continue
+        value = OmegaConf.to_container(cfg[section], resolve=True) if isinstance(cfg[section], DictConfig) \
+            else cfg[section]
+        if hydra.runtime.choices.get(section) is not None or not isinstance(out.get(section), DictConfig):
+            out[section] = value
+        else:
+            out[section] = OmegaConf.merge(out[section], value)
+    return out

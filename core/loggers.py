@@ -1,4 +1,4 @@
-"""Experiment loggers: wandb by default, never blocking; csv and tensorboard as alternatives.
+"""Experiment loggers (configs/logger/, built by `_target_`): wandb by default, never blocking; image panels.
 
 wandb 0.31 without an API key either raises at once (no terminal) or waits forever at its login prompt (in a
 terminal), and with a key but no network it hangs for minutes. So the mode is decided *before* wandb starts:
@@ -40,50 +40,16 @@ def choose_wandb_mode() -> str:
     return "offline"
 
 
-def make_logger(kind: str, save_dir: str | Path, name: str, project: str = "diffusion-restoration",
-                config: dict | None = None, tags: list[str] | None = None):
-    """Build the Lightning logger named by `kind` (wandb | csv | tensorboard | none)."""
-    save_dir = str(save_dir)
-    if kind in (None, "none", False):
-        return False
-    if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+def wandb_logger(save_dir: str | Path, name: str, project: str = "diffusion-restoration",
+                 tags: list[str] | None = None):
+    """Lightning's WandbLogger with the mode chosen before wandb starts; the run is named <name>/<date_time>."""
+    from lightning.pytorch.loggers import WandbLogger
 
-        return CSVLogger(save_dir=save_dir, name="csv", version="")
-    if kind == "tensorboard":
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        return TensorBoardLogger(save_dir=save_dir, name="tensorboard", version="")
-    if kind == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        mode = choose_wandb_mode()
-        os.environ["WANDB_MODE"] = mode  # so every rank and wandb's own service agree
-        os.environ.setdefault("WANDB_SILENT", "true")
-        logger = WandbLogger(save_dir=save_dir, name=name, project=project, offline=mode == "offline",
-                             tags=tags, mode=mode)
-        if config is not None:
-            logger.log_hyperparams(config)
-        return logger
-    raise ValueError(f"unknown logger {kind!r}: use logger=wandb, logger=csv, logger=tensorboard or logger=none")
-
-
-def make_panel(lq: np.ndarray, restored: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
-    """LQ | restored | GT side by side, uint8 HxWx3 (LQ is resized by nearest neighbour when smaller, e.g. SR)."""
-    tiles = [lq, restored] + ([gt] if gt is not None else [])
-    h, w = restored.shape[:2]
-    fixed = []
-    for tile in tiles:
-        if tile.shape[:2] != (h, w):
-            ys = np.arange(h) * tile.shape[0] // h
-            xs = np.arange(w) * tile.shape[1] // w
-            tile = tile[ys][:, xs]
-        fixed.append(tile)
-    gap = np.full((h, 4, 3), 255, np.uint8)
-    out = [fixed[0]]
-    for tile in fixed[1:]:
-        out += [gap, tile]
-    return np.concatenate(out, axis=1)
+    mode = choose_wandb_mode()
+    os.environ["WANDB_MODE"] = mode  # so every rank and wandb's own service agree
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(save_dir=str(save_dir), name=f"{name}/{Path(save_dir).name}", project=project,
+                       offline=mode == "offline", tags=list(tags or []), mode=mode)
 
 
 def log_panels(logger, panels: list[np.ndarray], captions: list[str], step: int, save_dir: str | Path) -> None:

@@ -11,16 +11,15 @@ restoration papers report:
 * the PSNR of identical images is ``inf``.
 
 The numpy functions take one uint8 HxWx3 RGB image pair; ``psnr_ssim`` does the same on a float NCHW batch
-(it first quantises to 8 bit as saving a PNG would); ``ImageMetrics`` accumulates per-image values over a
-validation or test run, counting each image once even when a distributed sampler repeats some. LPIPS and FID
-are optional: they need backbone weights that are only used when already on disk (nothing is ever downloaded).
+(it first quantises to 8 bit as saving a PNG would); ``core.evaluation.ImageMetrics`` accumulates them over a
+run. LPIPS and FID are optional: they need backbone weights that are only used when already on disk (nothing is
+ever downloaded).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
-from torchmetrics.utilities.data import dim_zero_cat
 
 log = logging.getLogger(__name__)
 
@@ -315,97 +313,3 @@ def make_fid(device: torch.device | str = "cpu") -> torchmetrics.Metric | None:
     return FrechetInceptionDistance(
         feature=2048, normalize=True, feature_extractor_weights_path=str(path)
     ).to(device)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Accumulating metric for validation / test loops
-# ----------------------------------------------------------------------------------------------------
-
-
-class ImageMetrics(torchmetrics.Metric):
-    """Per-image PSNR / SSIM (and LPIPS) over a run, with each dataset index counted once.
-
-    ``update`` stores one row per image in "cat" states; under DDP they are gathered from every rank, where
-    the distributed sampler may have repeated a few images to even out the batches, so ``compute`` and
-    ``per_image`` keep the first row of each index. Means are plain per-image means (as in the papers); one
-    identical image pair makes the PSNR mean ``inf``, as BasicSR's would be.
-
-    LPIPS (``lpips=True``) is computed on the full 8-bit RGB images, not cropped; if its weights are missing a
-    warning is logged once and the LPIPS column is left out. The LPIPS network is kept outside the module tree
-    so it never enters checkpoints (their keys stay the same on machines with and without the weights).
-    """
-
-    full_state_update = False
-    higher_is_better = True
-
-    def __init__(self, y_channel: bool, crop_border: int, lpips: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.y_channel = y_channel
-        self.crop_border = crop_border
-        lpips_metric = make_lpips("cpu") if lpips else None
-        # A plain list hides the network from nn.Module registration (see the class docstring).
-        self._lpips_net: list[torch.nn.Module] = [lpips_metric.net] if lpips_metric is not None else []
-        self.add_state("index", default=[], dist_reduce_fx="cat")
-        self.add_state("psnr", default=[], dist_reduce_fx="cat")
-        self.add_state("ssim", default=[], dist_reduce_fx="cat")
-        self.add_state("lpips", default=[], dist_reduce_fx="cat")
-
-    @property
-    def has_lpips(self) -> bool:
-        return bool(self._lpips_net)
-
-    def update(self, restored: Tensor, gt: Tensor, index: Tensor) -> None:
-        """Add a batch: restored and gt float (N, C, H, W) in [0, 1], index (N,) dataset indices."""
-        index = torch.as_tensor(index, device=restored.device).reshape(-1).to(torch.long)
-        if index.numel() != restored.shape[0]:
-            raise ValueError(f"{index.numel()} indices for a batch of {restored.shape[0]} images")
-        psnr, ssim = psnr_ssim(restored, gt, self.y_channel, self.crop_border)
-        self.index.append(index)
-        self.psnr.append(psnr)
-        self.ssim.append(ssim)
-        if self.has_lpips:
-            self.lpips.append(self._lpips_scores(restored, gt))
-
-    @torch.no_grad()
-    def _lpips_scores(self, restored: Tensor, gt: Tensor) -> Tensor:
-        net = self._lpips_net[0].to(restored.device)
-        a = quantize_8bit(restored) / 255.0
-        b = quantize_8bit(gt) / 255.0
-        return net(a, b, normalize=True).reshape(-1).to(torch.float64)
-
-    def _deduplicated(self) -> dict[str, Tensor]:
-        """Columns of the stored rows, one row per index (its first occurrence), sorted by index."""
-        if isinstance(self.index, list) and not self.index:
-            return {}
-        index = dim_zero_cat(self.index)
-        order = torch.sort(index, stable=True).indices
-        sorted_index = index[order]
-        first = torch.ones_like(sorted_index, dtype=torch.bool)
-        first[1:] = sorted_index[1:] != sorted_index[:-1]
-        keep = order[first]
-        columns = {
-            "index": index[keep],
-            "psnr": dim_zero_cat(self.psnr)[keep],
-            "ssim": dim_zero_cat(self.ssim)[keep],
-        }
-        if self.has_lpips:
-            columns["lpips"] = dim_zero_cat(self.lpips)[keep]
-        return columns
-
-    def compute(self) -> dict[str, Tensor]:
-        """Means over the distinct images: {'psnr', 'ssim'[, 'lpips']} (NaN when nothing was added)."""
-        columns = self._deduplicated()
-        names = ["psnr", "ssim"] + (["lpips"] if self.has_lpips else [])
-        if not columns:
-            return {name: torch.tensor(math.nan, dtype=torch.float64) for name in names}
-        return {name: columns[name].mean() for name in names}
-
-    def per_image(self) -> list[dict[str, float | int]]:
-        """One row per distinct image, sorted by index: {'index', 'psnr', 'ssim'[, 'lpips']}, all ranks."""
-        with self.sync_context(
-            dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync, should_unsync=self._should_unsync
-        ):
-            columns = {name: values.tolist() for name, values in self._deduplicated().items()}
-        if not columns:
-            return []
-        return [dict(zip(columns, row)) for row in zip(*columns.values())]

@@ -4,7 +4,7 @@
 network used for validation and test, optimizer/scheduler from config (Hydra partials), a non-finite loss that
 stops the run before any bad weights are written, RNG state in checkpoints for exact resume, the run config
 inside every checkpoint, and validation with paper-convention metrics reduced across DDP ranks.
-Subclasses implement `training_loss(batch)` and `restore(lq, **options)`.
+Subclasses implement `training_loss(batch)` and `restorer(**options)` (a `core.restorer.Restorer`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.ema import ema_update, make_ema_copy
+from core.ema import EMA_DEFAULTS, ema_decay, ema_update, make_ema_copy
 from core.errors import UserError
-from core.loggers import log_panels, make_panel
-from core.metrics import ImageMetrics
+from core.evaluation import ImageMetrics, make_panel, restore_batch, tensor_to_images
+from core.loggers import log_panels
+from core.restorer import CONDITION_KEYS, Restorer, build_restorer
 
 # Expected, not actionable: the EMA copy is kept in eval mode, and validation metrics are already reduced across
 # ranks by ImageMetrics (so self.log must not average them again).
@@ -29,23 +30,22 @@ warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the st
 warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level.*")
 
 
-def select_inputs(batch: dict, keys: tuple[str, ...], device: torch.device | None = None) -> dict:
-    """The batch entries among `keys` that a method's restore() takes besides lq (mask, gt, kernel ...)."""
-    return {k: (batch[k].to(device) if device is not None else batch[k]) for k in keys if k in batch}
-
-
 class NonFiniteLossError(UserError):
     """The training loss became NaN/inf; the run stops and the last checkpoint on disk stays the last good one."""
 
 
 class RestorationModule(L.LightningModule):
+    #: submodules only training needs (DiffIR's teacher CPEN): an exported inference checkpoint may lack them
+    training_only: tuple[str, ...] = ()
+
     def __init__(self, optimizer=None, scheduler=None, ema: dict | None = None, val_options: dict | None = None,
                  channels_last: bool = False, val_panels: int = 4):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.ema_cfg = {"decay": 0.999, "every": 1, "start": 0, "warmup": False, **(ema or {})}
+        self.ema_cfg = {**EMA_DEFAULTS, **(ema or {})}
         self.use_ema = self.ema_cfg["decay"] is not None and self.ema_cfg["decay"] > 0
+        ema_decay(0, self.ema_cfg)  # a bad key fails at start, not at the first step
         self.val_options = dict(val_options or {})
         self.channels_last = channels_last
         self.val_panels = val_panels
@@ -73,8 +73,11 @@ class RestorationModule(L.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
         dm = getattr(self.trainer, "datamodule", None)
-        self.val_metrics = ImageMetrics(y_channel=bool(getattr(dm, "metric_y_channel", False)),
-                                        crop_border=int(getattr(dm, "metric_crop_border", 0)))
+        convention = {"y_channel": bool(getattr(dm, "metric_y_channel", False)),
+                      "crop_border": int(getattr(dm, "metric_crop_border", 0))}
+        self.val_metrics = ImageMetrics(**convention)
+        if stage == "test":  # LPIPS and FID too, when their weights are on disk
+            self.test_metrics = ImageMetrics(**convention, perceptual=True)
 
     # -- training ---------------------------------------------------------------------------------------------
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -95,20 +98,18 @@ class RestorationModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if not self.use_ema:
-            return
-        step = self.global_step
-        if step % self.ema_cfg["every"] == 0:
-            ema_update(self.ema_net, self.net, self.ema_decay(step))
+        decay = ema_decay(self.global_step, self.ema_cfg) if self.use_ema else None  # see core.ema
+        if decay is not None:
+            ema_update(self.ema_net, self.net, decay)
 
-    def ema_decay(self, step: int) -> float:
-        """The configured decay; 0 (copy) until `start`; with `warmup` at most (1 + n) / (10 + n) after n steps,
-        so that early EMA weights are not dominated by the random initialisation."""
-        n = step - self.ema_cfg["start"]
-        if n <= 0:
-            return 0.0
-        decay = float(self.ema_cfg["decay"])
-        return min(decay, (1 + n) / (10 + n)) if self.ema_cfg["warmup"] else decay
+    def load_release_weights(self, path) -> None:
+        """Official release weights (the method's `read_release_network`) replace the network and its EMA copy."""
+        self.net = self.read_release_network(path)
+        if self.use_ema:
+            self.ema_net = make_ema_copy(self.net)
+
+    def read_release_network(self, path) -> nn.Module:
+        raise UserError(f"weights={path}: {type(self).__name__} has no release weights (use ckpt= or model=)")
 
     def configure_optimizers(self):
         params = [p for net in self.trainable_networks() for p in net.parameters() if p.requires_grad]
@@ -118,32 +119,31 @@ class RestorationModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # -- restoration and validation ---------------------------------------------------------------------------
-    def restore(self, lq: torch.Tensor, **options) -> torch.Tensor:
+    # -- restoration, validation and test --------------------------------------------------------------------
+    def restorer(self, **options) -> Restorer:
+        """This method's `core.restorer.Restorer` over the EMA network, with these sampler options fixed."""
         raise NotImplementedError
 
-    def nfe(self, **options) -> int:
-        """Network evaluations per restored image with these options."""
-        return 1
+    def restore(self, lq: torch.Tensor, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+        """Shorthand for tests and notebooks: `restorer(**options).restore(lq, **conditions)`, where the
+        conditions are the keyword arguments named like batch entries (gt, mask, kernel)."""
+        conditions = {k: kwargs.pop(k) for k in CONDITION_KEYS if k in kwargs}
+        return build_restorer(self, kwargs).restore(lq, generator=generator, **conditions)
 
-    #: batch keys besides "lq" that restore() takes (e.g. DiffIR stage 1: "gt"; inpainting: "mask")
-    restore_inputs: tuple[str, ...] = ()
-
-    def restore_extras(self, batch: dict, device: torch.device | None = None) -> dict:
-        return select_inputs(batch, self.restore_inputs, device)
+    def evaluation_step(self, batch: dict, metrics: ImageMetrics) -> tuple[dict, torch.Tensor]:
+        """One step of the evaluation loop (core.evaluation.restore_batch) with the validation options; the
+        sampler noise is seeded by the image index, so every validation and every DDP layout sees the same."""
+        generator = torch.Generator(device=batch["lq"].device).manual_seed(int(batch["index"][0]))
+        batch = {**batch, "lq": self.to_memory_format(batch["lq"])}
+        batch, restored, seconds = restore_batch(build_restorer(self, self.val_options), batch, generator)
+        metrics.update(restored, batch["gt"], batch["index"], lq=batch["lq"], seconds=seconds, names=batch["name"])
+        return batch, restored
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        lq, gt = self.to_memory_format(batch["lq"]), batch["gt"]
-        # seeded by the image index: every validation (and every DDP layout) sees the same sampler noise
-        generator = torch.Generator(device=lq.device).manual_seed(int(batch["index"][0]))
-        restored = self.restore(lq, generator=generator, **self.restore_extras(batch), **self.val_options)
-        restored = restored.float().clamp(0, 1)
-        self.val_metrics.update(restored, gt.float(), batch["index"])
+        batch, restored = self.evaluation_step(batch, self.val_metrics)
         if self.trainer.is_global_zero and len(self._panels) < self.val_panels:
-            from core.evaluation import tensor_to_images
-
             for name, lq_i, out_i, gt_i in zip(batch["name"], tensor_to_images(batch["lq"]),
-                                               tensor_to_images(restored), tensor_to_images(gt)):
+                                               tensor_to_images(restored), tensor_to_images(batch["gt"])):
                 if len(self._panels) < self.val_panels:
                     self._panels.append((str(name).replace("/", "_"), make_panel(lq_i, out_i, gt_i)))
 
@@ -156,6 +156,14 @@ class RestorationModule(L.LightningModule):
             log_panels(self.logger, [p for _, p in self._panels], [n for n, _ in self._panels],
                        self.global_step, self.trainer.default_root_dir)
         self._panels = []
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluation_step(batch, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_metrics.compute().items():
+            self.log(f"test/{name}", value, sync_dist=False)
+        self.test_metrics.reset()
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

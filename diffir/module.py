@@ -1,15 +1,5 @@
-"""What DiffIR's two training stages share: the network input, restoration, validation, and the official
-progressive patch/batch schedule (a Lightning callback).
-
-Inputs. The network sees the low-quality image, except for inpainting (a network with one more input
-channel than output channels): there it sees LaMa's ``cat[lq * known, 1 - known]`` (masked image, then the
-missing-pixel mask), and the restored image keeps the known pixels of the input (LaMa's ``inpainted``). The
-mask comes with the batch (``mask``: 1 = known); without one, the pixels that are white in every channel
-are taken as missing (the data modules' convention, see ``data.degradations.apply_mask``).
-
-Restoration needs more than ``lq`` in two cases, listed in ``restore_inputs``: stage 1 restores with the
-ground-truth prior (``gt``), inpainting needs ``mask``. Validation passes them from the batch; callers such
-as evaluate.py should pass ``{k: batch[k] for k in module.restore_inputs}`` as keyword arguments.
+"""What DiffIR's two training stages share: the network input, the restorer, release weights, and the official
+progressive patch/batch schedule (a Lightning callback). Restoration itself is diffir.restorer.DiffIRRestorer.
 """
 
 from __future__ import annotations
@@ -24,11 +14,9 @@ from torch import nn
 from core.errors import CheckpointError, ConfigError
 from core.training import RestorationModule
 from diffir.losses import PixelLoss
+from diffir.restorer import DiffIRRestorer, is_inpainting, network_input
 
 log = logging.getLogger(__name__)
-
-# Options evaluate.py / restore.py may pass that mean nothing here (IR-SDE's sampler settings).
-FOREIGN_OPTIONS = ("sampler", "steps", "sigma")
 
 
 class DiffIRModule(RestorationModule):
@@ -41,77 +29,21 @@ class DiffIRModule(RestorationModule):
         self.net = net
         self._check_stage(net, "model.net", ConfigError)
         self.pixel_loss = PixelLoss(**dict(pixel_loss or {}))
-        self._warned_mask = False
         self.setup_ema()
 
-    # -- inputs ----------------------------------------------------------------------------------------------
     @property
     def inpainting(self) -> bool:
         """True for the 4-channel (masked image + mask) inpainting network."""
-        return self.net.config["inp_channels"] == self.net.config["out_channels"] + 1
-
-    @property
-    def restore_inputs(self) -> tuple[str, ...]:
-        """Batch keys besides ``lq`` that ``restore`` needs (passed as keyword arguments)."""
-        return ("mask",) if self.inpainting else ()
-
-    def known_mask(self, lq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(N, 1, H, W), 1 = known pixel."""
-        if mask is not None:
-            return mask.to(lq.dtype)
-        if not self._warned_mask:
-            log.warning("DiffIR inpainting without a mask: taking the pixels that are white in every channel "
-                        "as the missing ones (pass mask= to choose them)")
-            self._warned_mask = True
-        return (lq < 1.0).any(dim=1, keepdim=True).to(lq.dtype)
+        return is_inpainting(self.net)
 
     def network_input(self, lq: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.inpainting:
-            return lq
-        known = self.known_mask(lq, mask)
-        return torch.cat([lq * known, 1.0 - known], dim=1)
+        return network_input(self.net, lq, mask)
 
-    def finish(self, restored: torch.Tensor, lq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """The output image: inpainting keeps the known input pixels (LaMa's composite)."""
-        if self.inpainting:
-            known = self.known_mask(lq, mask)
-            restored = known * lq + (1.0 - known) * restored
-        return restored.clamp(0, 1)
-
-    # -- restoration -----------------------------------------------------------------------------------------
-    def run_restorer(self, net: nn.Module, inp: torch.Tensor, ipr: torch.Tensor, tile: int | None,
-                     overlap: int) -> torch.Tensor:
-        """The DIRformer on ``inp`` guided by ``ipr``, on overlapping tiles when ``tile`` is set.
-
-        The IPR is a global vector, so it is estimated once on the whole image and shared by the tiles.
-        """
-        if not tile:
-            return net.G(inp, ipr)
-        from core.tiling import tiled_apply
-
-        return tiled_apply(lambda x: net.G(x, ipr), [inp], tile=int(tile), overlap=overlap,
-                           scale=net.out_scale, multiple=net.G.size_multiple)
-
-    @staticmethod
-    def check_options(options: dict) -> tuple[int | None, int]:
-        """(tile, overlap) from the restore options; rejects options DiffIR does not have."""
-        options = dict(options)
-        options.pop("progress", None)
-        tile, overlap = options.pop("tile", None), options.pop("overlap", None)
-        if overlap is None:  # 32 px, but never so much that small tiles become impossible
-            overlap = min(32, int(tile or 0) // 4)
-        foreign = [k for k in FOREIGN_OPTIONS if options.pop(k, None) is not None]
-        if foreign or options:
-            raise ConfigError(f"DiffIR restoration has no option {', '.join(foreign + sorted(options))}: "
-                              "its IPR diffusion always runs the timesteps it was trained with (tile= and "
-                              "overlap= are the only options)")
-        return tile, int(overlap)
-
-    # -- reporting and weights -------------------------------------------------------------------------------
-    def describe(self) -> str:
-        params = sum(p.numel() for p in self.net.parameters()) / 1e6
-        weights = "EMA" if self.use_ema else "raw"
-        return f"{type(self.net).__name__} (stage {self.stage}), {params:.2f} M params, {weights} weights"
+    def restorer(self, tile: int | None = None, overlap: int | None = None, progress: bool = False,
+                 net: nn.Module | None = None) -> DiffIRRestorer:
+        """The EMA network (or `net`); DiffIR has no sampler options: its IPR diffusion always runs the timesteps
+        it was trained with."""
+        return DiffIRRestorer(net if net is not None else self.eval_net, tile=tile, overlap=overlap)
 
     def _check_stage(self, net: nn.Module, what: str, error: type[Exception] = CheckpointError) -> None:
         stage = net.config.get("stage") if hasattr(net, "config") else None
@@ -119,17 +51,14 @@ class DiffIRModule(RestorationModule):
             raise error(f"{what} is a DiffIR stage-{stage} network, but {type(self).__name__} "
                                   f"trains and runs stage {self.stage}")
 
-    def load_release_weights(self, path) -> None:
-        """Official DiffIR weights (BasicSR ``params_ema`` / ``params``, inpainting ``generator.``) replace
-        the network and its EMA copy; the architecture is read off the weights."""
-        from core.ema import make_ema_copy
+    def read_release_network(self, path) -> nn.Module:
+        """Official DiffIR weights (BasicSR ``params_ema`` / ``params``, inpainting ``generator.``) of this
+        stage; the architecture is read off the weights."""
         from diffir.official import load_network
 
         net = load_network(path)
         self._check_stage(net, f"weights={path}")
-        self.net = net
-        if self.use_ema:
-            self.ema_net = make_ema_copy(self.net)
+        return net
 
 
 class ProgressivePatches(L.Callback):

@@ -23,34 +23,12 @@ class DiffIRStage1Module(DiffIRModule):
 
     stage = 1
 
-    @property
-    def restore_inputs(self) -> tuple[str, ...]:
-        return ("gt", *super().restore_inputs)
-
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         lq, gt, mask = batch["lq"], batch["gt"], batch.get("mask")
         inp = self.to_memory_format(self.network_input(lq, mask))
         restored, _ = self.net.forward_train(inp, self.to_memory_format(gt))
         l_pix = self.pixel_loss(restored, gt, mask if self.inpainting else None)
         return l_pix, {"l_pix": l_pix.detach()}
-
-    @torch.no_grad()
-    def restore(self, lq: torch.Tensor, generator: torch.Generator | None = None,
-                gt: torch.Tensor | None = None, mask: torch.Tensor | None = None, model=None,
-                **options) -> torch.Tensor:
-        """The stage-1 restoration: the DIRformer guided by CPEN_S1(lq, gt). Deterministic (no sampling)."""
-        if gt is None:
-            raise ConfigError("a DiffIR stage-1 model restores with the ground-truth prior and needs gt=...; "
-                              "evaluate a stage-2 checkpoint (experiment=diffir_s2_...) to restore from the "
-                              "low-quality image alone")
-        tile, overlap = self.check_options(options)
-        net = model if model is not None else self.eval_net
-        inp = self.network_input(lq, mask)
-        ipr = net.encode(inp, gt.to(inp.dtype))
-        return self.finish(self.run_restorer(net, inp, ipr, tile, overlap), lq, mask)
-
-    def sampler_summary(self, **options) -> dict:
-        return {"name": "ground-truth prior (stage 1)", "steps": 0}
 
 
 class CyclicCosineLR(LRScheduler):

@@ -12,8 +12,8 @@ counted from 1 as BasicSR does (the k-th optimizer step is iteration k):
 
 ``encoder_iter: 0`` trains jointly from the first step (the official SR and inpainting recipes). The IPR
 loss back-propagates the L1 between IPRs and only logs the KL term by default (see ``diffir.losses``).
-The teacher's weights are stored in this module's checkpoints, so a resumed run does not need the stage-1
-file again.
+A fresh run starts from ``model.stage1_ckpt`` (loaded in ``setup``, see ``diffir.stage2_init``). The
+teacher's weights are stored in this module's checkpoints, so a resumed run does not need the stage-1 file again.
 """
 
 from __future__ import annotations
@@ -25,33 +25,32 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from core.errors import CheckpointError, ConfigError
-from diffir.cpen import CPENS1, IPR_DIM
-from diffir.dirformer import pad_by, pad_to_multiple
+from core.errors import ConfigError
+from core.nn import pad_by, pad_to_multiple
+from diffir.cpen import CPENS1
 from diffir.losses import IPRLoss
 from diffir.module import DiffIRModule
+from diffir.stage2_init import load_stage1
 
 log = logging.getLogger(__name__)
-
-# Architecture settings stage 2 must share with stage 1 (its DIRformer and teacher CPEN come from there).
-SHARED_SETTINGS = ("inp_channels", "out_channels", "dim", "num_blocks", "num_refinement_blocks", "heads",
-                   "bias", "LayerNorm_type", "scale", "n_encoder_res")
 
 
 class DiffIRStage2Module(DiffIRModule):
     """net: ``diffir.networks.DiffIRS2``; encoder_iter: first iteration of the joint phase; kd:
     ``diffir.losses.IPRLoss`` arguments (weight, temperature, backprop); pixel_loss: ``PixelLoss`` arguments;
-    stage1_match: keys of the data config that must equal the stage-1 run's (empty: no check)."""
+    stage1_ckpt: the stage-1 checkpoint a fresh run starts from; stage1_match: keys of the data config that must
+    equal the stage-1 run's (empty: no check)."""
 
     stage = 2
+    training_only = ("teacher",)  # the frozen CPEN_S1: distillation only, never restoration
 
     def __init__(self, net: torch.nn.Module, encoder_iter: int = 0, kd: dict | None = None,
-                 pixel_loss: dict | None = None, stage1_match: Sequence[str] = ("_target_", "task", "scale"),
-                 **kwargs) -> None:
+                 pixel_loss: dict | None = None, stage1_ckpt: str | None = None,
+                 stage1_match: Sequence[str] = ("_target_", "task", "scale"), **kwargs) -> None:
         super().__init__(net, pixel_loss, **kwargs)
         self.encoder_iter = int(encoder_iter)
         self.ipr_loss = IPRLoss(**dict(kd or {}))
-        self.stage1_match = tuple(stage1_match)
+        self.stage1_ckpt, self.stage1_match = stage1_ckpt, tuple(stage1_match)
         cfg = net.config
         self.teacher = CPENS1(cfg["n_encoder_res"], lq_channels=cfg["inp_channels"],
                               gt_channels=cfg["out_channels"], scale=cfg["scale"] or 1)
@@ -111,101 +110,21 @@ class DiffIRStage2Module(DiffIRModule):
         l_ipr, logs = self.ipr_loss(ipr, ipr_s1)
         return l_pix + l_ipr, {"l_pix": l_pix.detach(), **logs, "phase": l_pix.new_tensor(2.0)}
 
-    # -- restoration -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def restore(self, lq: torch.Tensor, generator: torch.Generator | None = None,
-                mask: torch.Tensor | None = None, model=None, **options) -> torch.Tensor:
-        """The DiffIR restoration: IPR sampled from noise by the T-step chain, then the DIRformer.
+    # -- initialisation of a fresh run -----------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """A fresh fit loads its start weights; a resumed one (``ckpt_path`` in train.py's ``run_config``, or a
+        ``trainer.ckpt_path`` set before ``fit``: Lightning fills it in only after this hook) restores them all."""
+        run = self.run_config or {}
+        if stage == "fit" and not (run.get("ckpt_path") or self.trainer.ckpt_path):
+            self.load_initial_weights(run.get("data"))
+        super().setup(stage)
 
-        ``generator`` draws the initial IPR noise (without it, torch's global RNG does).
-        """
-        tile, overlap = self.check_options(options)
-        net = model if model is not None else self.eval_net
-        inp = self.network_input(lq, mask)
-        noise = None
-        if generator is not None:
-            noise = torch.randn((inp.shape[0], IPR_DIM), generator=generator, device=generator.device)
-            noise = noise.to(inp.device)
-        ipr = net.estimate_ipr(inp, noise)
-        return self.finish(self.run_restorer(net, inp, ipr, tile, overlap), lq, mask)
-
-    def nfe(self, **options) -> int:
-        """Denoiser evaluations per image (the DIRformer and CPEN_S2 run once)."""
-        return int(self.net.config["timesteps"])
-
-    def sampler_summary(self, **options) -> dict:
-        return {"name": "IPR DDPM (posterior means from noise)", "steps": self.nfe(), "T": self.nfe()}
-
-    # -- stage-1 initialisation ------------------------------------------------------------------------------
-    def prepare_from_config(self, cfg) -> None:
-        """Called by train.py: load ``cfg.stage1_ckpt`` (not needed when resuming with ``ckpt_path``)."""
-        path = cfg.get("stage1_ckpt")
-        if path:
-            self.load_stage1(path, cfg.get("data"))
-        elif not cfg.get("ckpt_path"):
-            raise ConfigError("DiffIR stage 2 starts from a stage-1 checkpoint: add stage1_ckpt=<stage-1 "
+    def load_initial_weights(self, data_cfg: dict | None = None) -> None:
+        """DIRformer and teacher <- ``stage1_ckpt`` (``data_cfg``: this run's data config, for the data check)."""
+        if not self.stage1_ckpt:
+            raise ConfigError("DiffIR stage 2 starts from a stage-1 checkpoint: add model.stage1_ckpt=<stage-1 "
                               "run>/checkpoints/last.ckpt (a run of the matching experiment=diffir_s1_...)")
-
-    def load_stage1(self, path, data_cfg=None) -> None:
-        """DIRformer <- stage-1 DIRformer and teacher <- CPEN_S1, EMA weights where the file has them.
-
-        Accepts suite stage-1 checkpoints and official stage-1 files (BasicSR ``params_ema``). Raises
-        ``ConfigError`` naming the setting when the architecture or the data differ from this run.
-        """
-        from core.checkpoint import load_checkpoint
-        from core.ema import make_ema_copy
-        from diffir.official import S1_SIGNATURE, infer_config, load_state_dict_any
-
-        try:
-            state = load_state_dict_any(path)
-        except CheckpointError as err:
-            raise CheckpointError(f"stage1_ckpt: {err}") from err
-        if S1_SIGNATURE not in state:
-            raise CheckpointError(f"stage1_ckpt={path} holds a DiffIR stage-2 network; stage 2 starts from "
-                                  "the checkpoint of a stage-1 run (experiment=diffir_s1_...)")
-        self._check_architecture(path, infer_config(state), state)
-        stored = load_checkpoint(path).get("config")
-        if data_cfg is not None and isinstance(stored, dict) and isinstance(stored.get("data"), dict):
-            self._check_data(path, stored["data"], data_cfg)
-        self.net.G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
-        self.teacher.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("E.")})
-        if self.use_ema:
-            self.ema_net = make_ema_copy(self.net)
-        log.info("DiffIR stage 2: DIRformer and teacher CPEN loaded from %s", path)
-
-    def _check_architecture(self, path, found: dict, state: dict) -> None:
-        mine = self.net.config
-        for key in SHARED_SETTINGS:
-            theirs, ours = _comparable(key, found.get(key)), _comparable(key, mine.get(key))
-            if theirs != ours:
-                raise ConfigError(f"stage1_ckpt={path} has {key}={theirs} but this run has model.net.{key}="
-                                  f"{ours}: stage 2 must use the stage-1 architecture (set model.net.{key}="
-                                  f"{theirs}, or start from the stage-1 run of this configuration)")
-        for key, value in self.net.G.state_dict().items():
-            other = state.get(f"G.{key}")
-            if other is None or other.shape != value.shape:
-                setting = "model.net.ffn_expansion_factor" if ".ffn." in key else "model.net"
-                theirs = None if other is None else tuple(other.shape)
-                raise ConfigError(f"stage1_ckpt={path}: its DIRformer does not fit this run's {setting} "
-                                  f"(G.{key}: {theirs} vs {tuple(value.shape)})")
-
-    def _check_data(self, path, theirs: dict, ours, setting: str = "stage1_ckpt") -> None:
-        """The data settings named by model.<stage>_match must equal those of the run that wrote `path`."""
-        match_key = setting.replace("_ckpt", "_match")
-        for key in getattr(self, match_key):
-            a, b = theirs.get(key), ours.get(key)
-            if a != b:
-                raise ConfigError(f"{setting}={path} was trained with data.{key}={a!r} but this run has "
-                                  f"data.{key}={b!r}: start from the stage-{setting[5]} run of the same data "
-                                  f"(or set model.{match_key}=[] to allow it)")
-
-
-def _comparable(key: str, value):
-    if key == "scale":
-        return int(value or 1)
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    return value
+        load_stage1(self, self.stage1_ckpt, data_cfg)
 
 
 class TwoPhaseLR(LRScheduler):

@@ -19,7 +19,7 @@ the EMA and ``ProgressivePatches`` would see twice the iterations). Here the dis
 at every iteration, is the counted one, and the generator's goes through the same strategy / precision path
 (gradient unscaling under 16-mixed) without the counter, so ``global_step`` = completed iterations, as in the
 rest of the suite. Automatic gradient clipping and gradient accumulation do not exist in manual optimization:
-``trainer.gradient_clip_val`` / ``trainer.accumulate_grad_batches`` are rejected with a message. A non-finite
+Lightning rejects ``trainer.gradient_clip_val`` / ``trainer.accumulate_grad_batches`` before training. A non-finite
 generator or discriminator loss stops the run before that optimizer's step (``NonFiniteLossError``).
 The schedulers step after the optimizers (Lightning's ``interval: step`` convention, used by every suite recipe;
 BasicSR steps them just before, so a milestone takes effect one iteration later here). ``training_step``
@@ -27,11 +27,12 @@ returns the generator loss (the discriminator's in ``net_d_init_iters`` warm-up 
 does not step). Many GPUs: each backward pass leaves the other network's parameters without gradients, so DDP
 needs ``trainer.strategy=ddp_find_unused_parameters_true`` (plain ``ddp`` is rejected with that message).
 
-Initialisation (``prepare_from_config``, called by train.py): ``stage2_ckpt`` = a suite stage-2 checkpoint
-(EMA weights, as the official ``param_key_g: params_ema``) or an official BasicSR stage-2 / S2-GAN file; the
-teacher comes from the suite checkpoint, or from ``stage1_ckpt`` (required with official files, which do not
-hold it: the official ``pretrain_network_S1``). The discriminator starts from scratch. Its weights and both
-optimizers' and schedulers' states are in this module's checkpoints, so ``ckpt_path=`` resumes exactly.
+Initialisation (``setup`` of a fresh run, ``diffir.stage2_init.load_stage2``): ``model.stage2_ckpt`` = a suite
+stage-2 checkpoint (EMA weights, as the official ``param_key_g: params_ema``) or an official BasicSR stage-2 /
+S2-GAN file; the teacher comes from the suite checkpoint, or from ``model.stage1_ckpt`` (required with official
+files, which do not hold it: the official ``pretrain_network_S1``). The discriminator starts from scratch. Its
+weights and both optimizers' and schedulers' states are in this module's checkpoints, so ``ckpt_path=`` resumes
+exactly.
 
 The VGG19 of the perceptual loss is a fixed part of the loss: it is read from disk when training starts
 (``model.perceptual.weights_path`` or torchvision's cache) and is kept out of the checkpoints, so evaluating
@@ -40,21 +41,16 @@ or restoring with a checkpoint never needs the VGG file.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from core.errors import CheckpointError, ConfigError
+from core.errors import ConfigError
 from core.training import NonFiniteLossError
 from diffir.gan import GANLoss
-from diffir.stage2 import SHARED_SETTINGS, DiffIRStage2Module, _comparable
-
-log = logging.getLogger(__name__)
-
-# Settings of the stage-2 network beyond those it shares with stage 1 (its IPR diffusion).
-STAGE2_SETTINGS = (*SHARED_SETTINGS, "n_denoise_res", "timesteps")
+from diffir.stage2 import DiffIRStage2Module
+from diffir.stage2_init import load_stage2
 
 
 class DiffIRStage2GANModule(DiffIRStage2Module):
@@ -62,8 +58,10 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
     optimizer / optimizer_d, scheduler / scheduler_d: Hydra partials for the generator (every trainable
     parameter of ``net``) and the discriminator; perceptual: ``core.perceptual.PerceptualLoss`` arguments (None:
     no perceptual loss); gan: ``diffir.gan.GANLoss`` arguments; net_d_iters / net_d_init_iters: the generator
-    steps at iterations ``i % net_d_iters == 0 and i > net_d_init_iters``; stage2_match: keys of the data config
-    that must equal the stage-2 run's (empty: no check); kd, pixel_loss, stage1_match: as stage 2."""
+    steps at iterations ``i % net_d_iters == 0 and i > net_d_init_iters``; stage2_ckpt: the stage-2 checkpoint a
+    fresh run fine-tunes; stage2_match: keys of the data config that must equal the stage-2 run's (empty: no
+    check); stage1_ckpt: the teacher's stage-1 checkpoint (needed with official stage-2 files only); kd,
+    pixel_loss, stage1_match: as stage 2."""
 
     def __init__(
         self,
@@ -77,11 +75,14 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         net_d_init_iters: int = 0,
         kd: dict | None = None,
         pixel_loss: dict | None = None,
+        stage2_ckpt: str | None = None,
+        stage1_ckpt: str | None = None,
         stage1_match: Sequence[str] = ("_target_", "task", "scale"),
         stage2_match: Sequence[str] = ("_target_", "task", "scale"),
         **kwargs,
     ) -> None:
-        super().__init__(net, encoder_iter=0, kd=kd, pixel_loss=pixel_loss, stage1_match=stage1_match, **kwargs)
+        super().__init__(net, encoder_iter=0, kd=kd, pixel_loss=pixel_loss, stage1_ckpt=stage1_ckpt,
+                         stage1_match=stage1_match, **kwargs)
         self.automatic_optimization = False
         if not isinstance(discriminator, nn.Module):
             raise ConfigError(
@@ -101,7 +102,7 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         self.optimizer_d_factory, self.scheduler_d_factory = optimizer_d, scheduler_d
         self.gan_loss = GANLoss(**dict(gan or {}))
         self.net_d_iters, self.net_d_init_iters = int(net_d_iters), int(net_d_init_iters)
-        self.stage2_match = tuple(stage2_match)
+        self.stage2_ckpt, self.stage2_match = stage2_ckpt, tuple(stage2_match)
         self.perceptual_cfg = dict(perceptual) if perceptual else None
         # a plain dict, not a submodule: the VGG stays out of state_dict() and so out of every checkpoint
         self._loss_nets: dict[str, nn.Module] = {}
@@ -124,9 +125,26 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         return loss(restored, gt)
 
     def setup(self, stage: str) -> None:
-        super().setup(stage)
+        strategy = ((self.run_config or {}).get("trainer") or {}).get("strategy")
+        if stage == "fit" and str(strategy) in ("ddp", "ddp_spawn", "ddp_fork"):
+            raise ConfigError(
+                f"trainer.strategy={strategy}: the DiffIR S2-GAN stage's generator and discriminator backward "
+                "passes each leave the other network's parameters without gradients, which plain DDP refuses; "
+                "use trainer.strategy=ddp_find_unused_parameters_true"
+            )
+        super().setup(stage)  # a fresh run loads its start weights here (load_initial_weights)
         if stage == "fit":
             self.build_perceptual()
+
+    def load_initial_weights(self, data_cfg: dict | None = None) -> None:
+        """Generator and teacher <- ``stage2_ckpt`` (and ``stage1_ckpt`` when given)."""
+        if not self.stage2_ckpt:
+            raise ConfigError(
+                "The DiffIR S2-GAN stage starts from a trained stage-2 network: add model.stage2_ckpt=<stage-2 "
+                "run>/checkpoints/last.ckpt (a run of the matching experiment=diffir_s2_...), or "
+                "ckpt_path=<S2-GAN run>/checkpoints/last.ckpt to resume"
+            )
+        load_stage2(self, self.stage2_ckpt, data_cfg, self.stage1_ckpt)
 
     # -- optimizers --------------------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -215,124 +233,6 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         # LossTrend and the progress bar follow the generator loss (the discriminator's during the official
         # net_d_init_iters warm-up, when the generator does not step)
         return (l_d_real + l_d_fake).detach() if loss_g is None else loss_g.detach()
-
-    # -- stage-2 initialisation --------------------------------------------------------------------------------
-    def prepare_from_config(self, cfg) -> None:
-        """Called by train.py: reject trainer settings manual optimization lacks, load ``cfg.stage2_ckpt`` (and
-        ``cfg.stage1_ckpt`` when given; neither is needed when resuming with ``ckpt_path``), load the VGG."""
-        trainer = cfg.get("trainer") or {}
-        clip = trainer.get("gradient_clip_val")
-        if clip is not None and float(clip) > 0:
-            raise ConfigError(
-                f"trainer.gradient_clip_val={clip}: the DiffIR S2-GAN stage optimises the generator "
-                "and the discriminator by hand (Lightning manual optimization), where Lightning "
-                "cannot clip gradients; remove the setting (trainer.gradient_clip_val=null; the "
-                "official recipe does not clip)"
-            )
-        accumulate = trainer.get("accumulate_grad_batches")
-        if accumulate is not None and int(accumulate) != 1:
-            raise ConfigError(
-                f"trainer.accumulate_grad_batches={accumulate}: not available with the DiffIR S2-GAN "
-                "stage (manual optimization); use trainer.accumulate_grad_batches=1 and a larger "
-                "data.batch_size"
-            )
-        if str(trainer.get("strategy")) in ("ddp", "ddp_spawn", "ddp_fork"):
-            raise ConfigError(
-                f"trainer.strategy={trainer.get('strategy')}: the DiffIR S2-GAN stage's generator and "
-                "discriminator backward passes each leave the other network's parameters without gradients, "
-                "which plain DDP refuses; use trainer.strategy=ddp_find_unused_parameters_true"
-            )
-        stage2, stage1 = cfg.get("stage2_ckpt"), cfg.get("stage1_ckpt")
-        if stage2:
-            self.load_stage2(stage2, cfg.get("data"), stage1)
-        elif not cfg.get("ckpt_path"):
-            raise ConfigError(
-                "The DiffIR S2-GAN stage starts from a trained stage-2 network: add stage2_ckpt=<stage-2 "
-                "run>/checkpoints/last.ckpt (a run of the matching experiment=diffir_s2_...), or "
-                "ckpt_path=<S2-GAN run>/checkpoints/last.ckpt to resume"
-            )
-        self.build_perceptual()
-
-    def load_stage2(self, path, data_cfg=None, stage1_path=None) -> None:
-        """The generator (and its EMA) <- the stage-2 network of ``path`` (EMA weights where the file has them);
-        the teacher <- ``stage1_path``'s CPEN_S1 if given, else the suite checkpoint's teacher.
-
-        Raises ``CheckpointError`` for a stage-1 file or an official file without ``stage1_path``, and
-        ``ConfigError`` naming the setting when the architecture or the data differ from this run.
-        """
-        from core.checkpoint import load_checkpoint
-        from core.ema import make_ema_copy
-        from diffir.official import S1_SIGNATURE, _complete_aliases, infer_config, load_state_dict_any
-
-        try:
-            state = load_state_dict_any(path)
-        except CheckpointError as err:
-            raise CheckpointError(f"stage2_ckpt: {err}") from err
-        if S1_SIGNATURE in state:
-            raise CheckpointError(
-                f"stage2_ckpt={path} holds a DiffIR stage-1 network; the S2-GAN stage starts "
-                "from the checkpoint of a stage-2 run (experiment=diffir_s2_..., trained with "
-                "stage1_ckpt=<this file>)"
-            )
-        self._check_stage2_architecture(path, infer_config(state))
-        raw = load_checkpoint(path)
-        stored = raw.get("config") if isinstance(raw, dict) else None
-        if data_cfg is not None and isinstance(stored, dict) and isinstance(stored.get("data"), dict):
-            self._check_data(path, stored["data"], data_cfg, setting="stage2_ckpt")
-        teacher = None
-        if stage1_path:
-            self.load_stage1(stage1_path, data_cfg)  # checks the stage-1 file; its DIRformer is replaced below
-        else:
-            suite_state = raw.get("state_dict") if isinstance(raw, dict) else None
-            if isinstance(suite_state, dict):
-                teacher = {k[len("teacher.") :]: v for k, v in suite_state.items() if k.startswith("teacher.")}
-            if not teacher:
-                raise CheckpointError(
-                    f"stage2_ckpt={path} holds no stage-1 teacher CPEN (an official or plain "
-                    "stage-2 file): also pass stage1_ckpt=<the stage-1 checkpoint it was trained "
-                    "from> (the official pretrain_network_S1)"
-                )
-        state = _complete_aliases(state, self.net)
-        own = self.net.state_dict()
-        for key, value in own.items():
-            other = state.get(key)
-            if other is None or other.shape != value.shape:
-                theirs = None if other is None else tuple(other.shape)
-                raise ConfigError(
-                    f"stage2_ckpt={path}: its weights do not fit this run's model.net ({key}: "
-                    f"{theirs} vs {tuple(value.shape)}); use the model.net settings of the stage-2 "
-                    "run"
-                )
-        self.net.load_state_dict({k: state[k] for k in own}, strict=True)
-        if teacher is not None:
-            try:
-                self.teacher.load_state_dict(teacher, strict=True)
-            except RuntimeError as err:
-                raise CheckpointError(
-                    f"stage2_ckpt={path}: its teacher CPEN does not fit this run's model.net ({str(err)[:300]})"
-                ) from err
-        if self.use_ema:
-            self.ema_net = make_ema_copy(self.net)
-        log.info("DiffIR S2-GAN: generator%s loaded from %s", "" if teacher is None else " and teacher", path)
-
-    def _check_stage2_architecture(self, path, found: dict) -> None:
-        mine = self.net.config
-        for key in STAGE2_SETTINGS:
-            if key not in found:
-                continue
-            theirs, ours = _comparable(key, found.get(key)), _comparable(key, mine.get(key))
-            if theirs != ours:
-                raise ConfigError(
-                    f"stage2_ckpt={path} has {key}={theirs} but this run has model.net.{key}={ours}: "
-                    f"the S2-GAN stage fine-tunes the stage-2 network as it is (set model.net.{key}="
-                    f"{theirs}, or start from the stage-2 run of this configuration)"
-                )
-        for key in ("linear_start", "linear_end"):
-            if key in found and abs(float(found[key]) - float(mine[key])) > 1e-4:
-                raise ConfigError(
-                    f"stage2_ckpt={path} has {key}={found[key]} but this run has model.net.{key}="
-                    f"{mine[key]}: set model.net.{key}={found[key]}"
-                )
 
 
 def _no_closure() -> None:

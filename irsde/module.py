@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from core.training import RestorationModule
-from irsde import samplers
 from irsde.losses import LOSSES
+from irsde.restorer import IRSDERestorer
 from irsde.sde import IRSDE, DenoisingIRSDE
 
 SDE_KINDS = {"irsde": IRSDE, "denoising": DenoisingIRSDE}
@@ -42,57 +41,19 @@ class IRSDEModule(RestorationModule):
         loss = LOSSES[self.loss_name](self.sde, self.net, gt, lq)
         return loss, {}
 
-    def _options(self, options: dict) -> dict:
-        merged = {**self.sampler_options, **{k: v for k, v in options.items() if v is not None}}
-        if "sampler" in merged:  # evaluate.py / restore.py spell it sampler=
-            merged["name"] = merged.pop("sampler")
-        return merged
+    def restorer(self, sampler: str | None = None, steps: int | None = None, sigma: float | None = None,
+                 tile: int | None = None, overlap: int | None = None, clip_x0=None, progress: bool = False,
+                 net: nn.Module | None = None) -> IRSDERestorer:
+        """The EMA network (or `net`) with this run's sampler (model.sampler) and these options over it."""
+        given = {"name": sampler, "steps": steps, "sigma": sigma, "clip_x0": clip_x0}
+        opts = {**self.sampler_options, **{k: v for k, v in given.items() if v is not None}}
+        return IRSDERestorer(net if net is not None else self.eval_net, self.sde, sampler=opts["name"],
+                             steps=opts.get("steps"), sigma=opts.get("sigma"), tile=tile, overlap=overlap,
+                             clip_x0=opts.get("clip_x0"), progress=progress)
 
-    @torch.no_grad()
-    def restore(self, lq: torch.Tensor, generator: torch.Generator | None = None, progress: bool = False,
-                model: nn.Module | None = None, **options) -> torch.Tensor:
-        opts = self._options(options)
-        name = opts.pop("name")
-        model = model if model is not None else self.eval_net
-        tile, overlap = opts.pop("tile", None), int(opts.pop("overlap", 32))
-        if tile:  # tile every network evaluation; the sampler state stays whole, so noise is seamless
-            model = _tiled(model, int(tile), overlap)
-        extra = {"sigma": opts["sigma"]} if name.startswith("denoise") else {}  # lq is the noisy image there
-        if opts.get("clip_x0") and name == "posterior":
-            extra["clip_x0"] = tuple(opts["clip_x0"])
-        out = samplers.restore(name, self.sde, model, lq, steps=opts.get("steps"), generator=generator,
-                               progress=progress, **extra)
-        return out.clamp(0, 1)
-
-    def nfe(self, **options) -> int:
-        opts = self._options(options)
-        steps = int(opts.get("steps") or self.sde.T)
-        if opts["name"].startswith("denoise"):  # starts at t*(sigma), never more steps than that
-            return min(steps, self.sde.optimal_timestep(opts["sigma"]))
-        return steps
-
-    def describe(self) -> str:
-        params = sum(p.numel() for p in self.net.parameters()) / 1e6
-        return f"{type(self.net).__name__}, {params:.2f} M params, {'EMA' if self.use_ema else 'raw'} weights"
-
-    def sampler_summary(self, **options) -> dict:
-        opts = self._options(options)
-        return {"name": opts["name"], "steps": self.nfe(**options), "T": self.sde.T}
-
-    def load_release_weights(self, path) -> None:
-        """Official IR-SDE release weights (a ConditionalUNet/NAFNet state dict) replace net and EMA net."""
-        from core.ema import make_ema_copy
+    def read_release_network(self, path) -> nn.Module:
+        """An official IR-SDE release file (a ConditionalUNet/NAFNet state dict)."""
         from irsde.official import load_network
 
-        self.net = load_network(path)
-        if self.use_ema:
-            self.ema_net = make_ema_copy(self.net)
+        return load_network(path)
 
-
-def _tiled(net: nn.Module, tile: int, overlap: int):
-    from core.tiling import tiled_apply
-
-    def run(x_t: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return tiled_apply(lambda a, b: net(a, b, t), [x_t, mu], tile=tile, overlap=overlap)
-
-    return run

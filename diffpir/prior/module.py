@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.schedules import add_noise
 from core.training import RestorationModule
 from diffpir.schedule import DDPMSchedule
 
@@ -41,7 +42,7 @@ class DDPMPriorModule(RestorationModule):
     # -- training ---------------------------------------------------------------------------------------------
     def noised(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, per image."""
-        return self.sqrt_ab[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1mab[t].view(-1, 1, 1, 1) * noise
+        return add_noise(x0, noise, t, self.sqrt_ab, self.sqrt_1mab)
 
     def predict_noise(self, net: nn.Module, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = net(x_t, t)
@@ -54,37 +55,16 @@ class DDPMPriorModule(RestorationModule):
         eps = self.predict_noise(self.net, self.noised(x0, t, noise), t)
         return F.mse_loss(eps.float(), noise.float()), {}
 
-    # -- validation: DiffPIR with this prior ------------------------------------------------------------------
-    def restorer(self, **overrides: Any):
+    # -- restoration: DiffPIR with this prior -----------------------------------------------------------------
+    def restorer(self, steps: int | None = None, tile: int | None = None, overlap: int | None = None,
+                 progress: bool = False, net: nn.Module | None = None):
+        """DiffPIR with this prior for `val_task` (the validation task, or evaluate.py's model=diffpir task);
+        steps = NFEs."""
+        from core.errors import ConfigError
         from diffpir.restorer import DiffPIRRestorer
 
-        return DiffPIRRestorer(self.eval_net, schedule=self.schedule, prior_name="this prior",
-                               **{**self.val_task, **overrides})
-
-    def prepare_batch(self, batch: dict, generator: torch.Generator | None = None) -> dict:
-        """The validation task's measurement of the batch's ground truth (evaluate.py calls this too)."""
-        return self.restorer().prepare_batch(batch, generator)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        generator = torch.Generator(device=batch["gt"].device).manual_seed(int(batch["index"][0]))
-        super().validation_step(self.prepare_batch(batch, generator), batch_idx)
-
-    @torch.no_grad()
-    def restore(self, lq: torch.Tensor, generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
-        """DiffPIR restoration of measurements `lq` for the validation task (mask= / kernel= as that needs)."""
-        return self.restorer().restore(lq, generator=generator, **options)
-
-    @property
-    def restore_inputs(self) -> tuple[str, ...]:
-        return ("mask", "kernel")
-
-    def nfe(self, **options: Any) -> int:
-        return self.restorer().nfe(**options)
-
-    def describe(self) -> str:
-        params = sum(p.numel() for p in self.net.parameters()) / 1e6
-        return (f"DDPM prior {type(self.net).__name__}, {params:.2f} M params, T={self.schedule.T}, "
-                f"{'EMA' if self.use_ema else 'raw'} weights; restores with DiffPIR {self.val_task['task']}")
-
-    def sampler_summary(self, **options: Any) -> dict:
-        return self.restorer().sampler_summary(**options)
+        if tile:
+            raise ConfigError("DiffPIR restores whole images (its data step is global): drop tile=")
+        task = {"prior_name": "this prior", **self.val_task, **({"nfe": int(steps)} if steps else {})}
+        return DiffPIRRestorer(net if net is not None else self.eval_net, schedule=self.schedule,
+                               progress=progress, **task)

@@ -39,16 +39,18 @@ PRIOR = CKPT.parent / "diffpir_demo_faces_prior.ckpt"
 @pytest.mark.skipif(not PRIOR.is_file(), reason="assets/diffpir_demo_faces_prior.ckpt not shipped")
 def test_demo_prior_inpaints_held_out_faces():
     """The shipped DiffPIR demo prior fills 16x16 holes in held-out faces far better than the black holes."""
-    from diffpir.cli import restorer_from_args
+    from core.restorer import build_restorer
+    from diffpir.restorer import diffpir_model
 
-    restorer, config = restorer_from_args({"prior_ckpt": str(PRIOR), "task": "inpainting", "mask": "box"})
-    size = int(config["data"]["image_size"])
+    module = diffpir_model(str(PRIOR), "inpainting", mask="box")
+    restorer = build_restorer(module)
+    size = int(module.run_config["data"]["image_size"])
     test = build_demo_split("inpaint", "test", patch_size=size, image_size=size, source="faces")
     psnr_in, psnr_out = [], []
     for i in range(3):
         item = test[i]
         generator = torch.Generator().manual_seed(i)
-        batch = restorer.prepare_batch({"gt": item["gt"][None], "index": torch.tensor([i])}, generator)
+        batch = restorer.measure({"gt": item["gt"][None], "index": torch.tensor([i])}, generator)
         restored = restorer.restore(batch["lq"], generator=generator, mask=batch["mask"])
         psnr_in.append(float(psnr_ssim(batch["lq"], batch["gt"], y_channel=False, crop_border=0)[0][0]))
         psnr_out.append(float(psnr_ssim(restored, batch["gt"], y_channel=False, crop_border=0)[0][0]))

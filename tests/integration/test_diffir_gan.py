@@ -1,6 +1,6 @@
 """DiffIR S2-GAN end to end on tiny demo data: train.py stage 1 -> stage 2 -> S2-GAN -> evaluate.py; what each
 step trains (generator and discriminator) and keeps frozen (teacher), one counted step per iteration, exact
-resume, and clear errors for a wrong stage2_ckpt."""
+resume, and clear errors for a wrong model.stage2_ckpt."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from torchvision.models import vgg as tv_vgg  # noqa: E402
 
 from core.cli import CONFIG_DIR  # noqa: E402
@@ -118,10 +119,10 @@ def runs(tmp_path_factory):
     vgg = write_random_vgg19(root / "vgg19-random.pth")
     train(config("diffir_s1_demo", root / "s1"))
     stage1 = root / "s1" / "checkpoints" / "last.ckpt"
-    train(config("diffir_s2_demo", root / "s2", f"stage1_ckpt={stage1}", "model.encoder_iter=0"))
+    train(config("diffir_s2_demo", root / "s2", f"model.stage1_ckpt={stage1}", "model.encoder_iter=0"))
     stage2 = root / "s2" / "checkpoints" / "last.ckpt"
     Snapshots.taken = {}
-    gan_args = [*GAN, f"stage2_ckpt={stage2}", f"model.perceptual.weights_path={vgg}"]
+    gan_args = [*GAN, f"model.stage2_ckpt={stage2}", f"model.perceptual.weights_path={vgg}"]
     train(
         config(
             "diffir_s2gan_demo",
@@ -210,7 +211,7 @@ def test_gan_resume_is_exact(runs, tmp_path):
 
     step2 = next((runs["gan"] / "checkpoints").glob("best-step0000002*.ckpt"))
     out = tmp_path / "resumed"
-    args = [a for a in runs["gan_args"] if not a.startswith("stage2_ckpt=")]
+    args = [a for a in runs["gan_args"] if not a.startswith("model.stage2_ckpt=")]
     train(config("diffir_s2gan_demo", out, *args, f"ckpt_path={step2}"))
     a = _load(runs["gan"] / "checkpoints" / "last.ckpt")
     b = _load(out / "checkpoints" / "last.ckpt")
@@ -220,7 +221,7 @@ def test_gan_resume_is_exact(runs, tmp_path):
 
 
 def test_official_basicsr_stage2_file_needs_and_uses_stage1_ckpt(runs, tmp_path):
-    """An official-style file ({'params', 'params_ema'}, no teacher): the teacher comes from stage1_ckpt."""
+    """An official-style file ({'params', 'params_ema'}, no teacher): the teacher comes from model.stage1_ckpt."""
     from hydra.utils import instantiate
 
     s2 = _load(runs["stage2"])["state_dict"]
@@ -235,14 +236,14 @@ def test_official_basicsr_stage2_file_needs_and_uses_stage1_ckpt(runs, tmp_path)
         "diffir_s2gan_demo",
         tmp_path / "run",
         *GAN,
-        f"stage2_ckpt={official}",
+        f"model.stage2_ckpt={official}",
         f"model.perceptual.weights_path={runs['vgg']}",
     )
     module = instantiate(cfg.model)
-    with pytest.raises(CheckpointError, match="stage1_ckpt="):
-        module.prepare_from_config(cfg)
-    cfg.stage1_ckpt = str(runs["stage1"])
-    module.prepare_from_config(cfg)
+    with pytest.raises(CheckpointError, match="model.stage1_ckpt="):
+        module.load_initial_weights()  # what setup() calls when a fresh run starts
+    module = instantiate(cfg.model, stage1_ckpt=str(runs["stage1"]))
+    module.load_initial_weights(OmegaConf.to_container(cfg.data, resolve=True))
     for key, value in module.net.state_dict().items():
         torch.testing.assert_close(value, ema[key], rtol=0, atol=0, msg=key)
     s1 = _load(runs["stage1"])["state_dict"]
@@ -270,8 +271,8 @@ def test_non_finite_loss_stops_before_any_step(runs, tmp_path):
 def test_stage1_checkpoint_as_stage2_ckpt_fails_clearly(runs, tmp_path):
     from train import train
 
-    args = [*GAN, f"stage2_ckpt={runs['stage1']}", f"model.perceptual.weights_path={runs['vgg']}"]
-    with pytest.raises(CheckpointError, match=r"stage2_ckpt=.*stage-1 network.*experiment=diffir_s2_"):
+    args = [*GAN, f"model.stage2_ckpt={runs['stage1']}", f"model.perceptual.weights_path={runs['vgg']}"]
+    with pytest.raises(CheckpointError, match=r"model\.stage2_ckpt=.*stage-1 network.*experiment=diffir_s2_"):
         train(config("diffir_s2gan_demo", tmp_path / "a", *args))
     with pytest.raises(ConfigError, match=r"model\.net\.dim"):
         train(
@@ -279,7 +280,7 @@ def test_stage1_checkpoint_as_stage2_ckpt_fails_clearly(runs, tmp_path):
                 "diffir_s2gan_demo",
                 tmp_path / "b",
                 *args[:-2],
-                f"stage2_ckpt={runs['stage2']}",
+                f"model.stage2_ckpt={runs['stage2']}",
                 f"model.perceptual.weights_path={runs['vgg']}",
                 "model.net.dim=16",
             )
@@ -297,7 +298,7 @@ def test_missing_vgg_weights_stop_before_training_naming_the_file_and_the_settin
                 "diffir_s2gan_demo",
                 tmp_path / "run",
                 *GAN,
-                f"stage2_ckpt={runs['stage2']}",
+                f"model.stage2_ckpt={runs['stage2']}",
                 f"model.perceptual.weights_path={missing}",
             )
         )

@@ -70,7 +70,7 @@ def runs(tmp_path_factory):
     train(diffir_config("diffir_s1_demo", root / "s1", *PROGRESSIVE))
     shapes = list(BatchShapes.seen)
     stage1 = root / "s1" / "checkpoints" / "last.ckpt"
-    train(diffir_config("diffir_s2_demo", root / "s2", f"stage1_ckpt={stage1}", "model.encoder_iter=3"))
+    train(diffir_config("diffir_s2_demo", root / "s2", f"model.stage1_ckpt={stage1}", "model.encoder_iter=3"))
     return {"root": root, "s1": root / "s1", "s2": root / "s2", "stage1": stage1, "s1_shapes": shapes}
 
 
@@ -113,6 +113,20 @@ def test_evaluate_stage2_checkpoint(runs, tmp_path):
     assert len(list((out / "images").glob("*.png"))) == 5
 
 
+def test_exported_stage2_checkpoint_restores_without_its_teacher(runs, tmp_path):
+    """scripts/export_checkpoint.py keeps the EMA network only: the teacher CPEN (training only) may be absent."""
+    from core.loading import module_from_checkpoint
+    from scripts.export_checkpoint import export
+
+    exported = export(str(runs["s2"] / "checkpoints" / "last.ckpt"), str(tmp_path / "s2.ckpt"))
+    assert not any(k.startswith("teacher.") for k in _load(exported)["state_dict"])
+    module, _ = module_from_checkpoint(exported)
+    full, _ = module_from_checkpoint(runs["s2"] / "checkpoints" / "last.ckpt")
+    lq = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(module.restore(lq, generator=torch.Generator().manual_seed(0)),
+                               full.restore(lq, generator=torch.Generator().manual_seed(0)))
+
+
 def test_stage1_checkpoint_restores_with_the_ground_truth_prior(runs):
     from core.loading import module_from_checkpoint
     from data.demo import build_demo_split
@@ -146,7 +160,7 @@ def test_stage2_from_a_mismatched_stage1_fails_naming_the_setting(runs, tmp_path
     from train import train
 
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
-        train(diffir_config("diffir_s2_demo", tmp_path, f"stage1_ckpt={runs['stage1']}", override))
+        train(diffir_config("diffir_s2_demo", tmp_path, f"model.stage1_ckpt={runs['stage1']}", override))
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -155,7 +169,7 @@ def test_stage2_phase1_under_two_process_ddp(runs, tmp_path):
     overrides = [o for o in TINY if not o.startswith("trainer.accelerator")]
     run_tree("train.py", "experiment=diffir_s2_demo", *overrides, "trainer=ddp", "trainer.devices=2",
              "trainer.accelerator=cpu", "data.train_samples=16", "model.encoder_iter=3",
-             f"stage1_ckpt={runs['stage1']}", f"paths.output_dir={tmp_path}",
+             f"model.stage1_ckpt={runs['stage1']}", f"paths.output_dir={tmp_path}",
              f"hydra.run.dir={tmp_path / 'hydra'}")  # Hydra's own files stay out of the repository's runs/
     s1 = _load(runs["stage1"])["state_dict"]
     after_phase1 = _load(_step_ckpt(tmp_path, 2))["state_dict"]
@@ -167,5 +181,5 @@ def test_stage2_phase1_under_two_process_ddp(runs, tmp_path):
 def test_stage2_without_stage1_checkpoint_fails_clearly(tmp_path):
     from train import train
 
-    with pytest.raises(ConfigError, match="stage1_ckpt="):
+    with pytest.raises(ConfigError, match="model.stage1_ckpt="):
         train(diffir_config("diffir_s2_demo", tmp_path))

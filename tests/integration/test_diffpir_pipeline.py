@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from core.cli import CONFIG_DIR  # noqa: E402
-from core.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+from core.errors import CheckpointError, DataError  # noqa: E402
 from core.io import read_image, write_image  # noqa: E402
 from tests.integration.conftest import run_tree  # noqa: E402
 
@@ -107,12 +107,16 @@ def test_restore_super_resolves_and_rejects_a_kernel_that_does_not_sum_to_one(pr
         restore.main([*common, "task=deblur_gaussian", f"kernel={tmp_path / 'k.npy'}"])
 
 
-def test_restore_with_the_prior_as_ckpt_says_how_to_run_diffpir(prior_ckpt, tmp_path):
+def test_restore_with_the_prior_as_ckpt_runs_its_validation_task(prior_ckpt, tmp_path, capsys):
+    """Like any checkpoint, a prior restores through its restorer: DiffPIR with its validation task (box
+    inpainting), named in the printed model line; model=diffpir task=... chooses another."""
     import restore
 
-    write_image(tmp_path / "in.png", np.full((16, 16, 3), 128, np.uint8))
-    with pytest.raises(ConfigError, match="model=diffpir"):
-        restore.main([f"ckpt={prior_ckpt}", f"input={tmp_path / 'in.png'}", f"output={tmp_path / 'out'}"])
+    write_image(tmp_path / "in.png", np.full((32, 32, 3), 128, np.uint8))
+    (written,) = restore.main([f"ckpt={prior_ckpt}", f"input={tmp_path / 'in.png'}", f"output={tmp_path / 'out'}",
+                               "steps=2", "progress=false"])
+    assert read_image(written).shape == (32, 32, 3)
+    assert "DiffPIR inpainting" in capsys.readouterr().out
 
 
 def test_a_prior_of_the_wrong_kind_is_refused():

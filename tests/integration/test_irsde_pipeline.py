@@ -156,3 +156,17 @@ def test_evaluate_official_release_weights(tmp_path):
                              "steps=2", "max_images=2", f"out={out}", "progress=false"])
     assert summary["n_images"] == 2 and summary["nfe"] == 2
     assert "release weights" in summary["model"]
+
+
+def test_test_after_fit_scores_the_test_split_as_evaluate_does(tmp_path):
+    """train.py test_after_fit=true runs test_step (the one evaluation loop) and logs the same PSNR/SSIM as
+    evaluate.py on the checkpoint with the same sampler options."""
+    import evaluate
+    from train import train
+
+    out = tmp_path / "run"
+    results = train(tiny_config(out, "test_after_fit=true", "trainer.max_steps=2"))
+    summary = evaluate.main([f"ckpt={out / 'checkpoints' / 'last.ckpt'}", "steps=3", f"out={tmp_path / 'eval'}",
+                             "progress=false", "perceptual=false", "save_images=false"])
+    assert results["test"]["test/psnr"] == pytest.approx(summary["psnr"], abs=1e-4)
+    assert results["test"]["test/ssim"] == pytest.approx(summary["ssim"], abs=1e-5)

@@ -202,8 +202,8 @@ def test_quality_needs_a_prior_unless_quick(tmp_path: Path):
 
 
 def test_quality_quick_recomputed_by_hand(quality_run: dict):
-    from data.degradations import imresize
     from data.demo import build_demo_split
+    from data.resize import imresize
     from diffpir.kernels import gaussian_kernel, official_gaussian_sigma
     from diffpir.operators import Blur, Inpainting, SuperResolution
     from diffpir.sampler import diffpir_sample

@@ -23,6 +23,7 @@ from diffir.module import ProgressivePatches, crop_batch  # noqa: E402
 from diffir.networks import DiffIRS1, DiffIRS2  # noqa: E402
 from diffir.stage1 import CyclicCosineLR, DiffIRStage1Module  # noqa: E402
 from diffir.stage2 import DiffIRStage2Module, TwoPhaseLR  # noqa: E402
+from diffir.stage2_init import load_stage1  # noqa: E402
 
 TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1), n_encoder_res=1)
 ADAM = partial(torch.optim.Adam, lr=1e-3)
@@ -106,8 +107,8 @@ def _stage1_file(tmp_path, name="s1.pth", seed=1, **overrides):
 def _stage2(tmp_path, encoder_iter: int, **kwargs):
     s1, path = _stage1_file(tmp_path)
     module = DiffIRStage2Module(_jitter(DiffIRS2(**TINY), 2), encoder_iter=encoder_iter, optimizer=ADAM,
-                                **kwargs)
-    module.load_stage1(path)
+                                stage1_ckpt=str(path), **kwargs)
+    module.load_initial_weights()
     return module, s1
 
 
@@ -199,23 +200,40 @@ def test_phase2_trains_the_dirformer_jointly(tmp_path):
 def test_stage1_file_of_another_shape_is_refused_naming_the_setting(tmp_path):
     _, path = _stage1_file(tmp_path, dim=16)
     module = DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM)
-    with pytest.raises(ConfigError, match=r"model\.net\.dim=8"):
-        module.load_stage1(path)
+    with pytest.raises(ConfigError, match=r"model\.stage1_ckpt=.*model\.net\.dim=8"):
+        load_stage1(module, path)
     _, path = _stage1_file(tmp_path, name="ffn.pth", ffn_expansion_factor=3.0)
     with pytest.raises(ConfigError, match=r"model\.net\.ffn_expansion_factor"):
-        module.load_stage1(path)
+        load_stage1(module, path)
 
 
 def test_stage2_file_or_missing_file_is_refused(tmp_path):
     module = DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM)
     torch.save({"params_ema": DiffIRS2(**TINY).state_dict()}, tmp_path / "s2.pth")
     with pytest.raises(CheckpointError, match="stage-2 network"):
-        module.load_stage1(tmp_path / "s2.pth")
-    with pytest.raises(CheckpointError, match="stage1_ckpt"):
-        module.load_stage1(tmp_path / "missing.pth")
-    with pytest.raises(ConfigError, match="stage1_ckpt="):
-        module.prepare_from_config({"stage1_ckpt": None, "ckpt_path": None})
-    module.prepare_from_config({"stage1_ckpt": None, "ckpt_path": "resume.ckpt"})  # resuming needs no file
+        load_stage1(module, tmp_path / "s2.pth")
+    with pytest.raises(CheckpointError, match="model.stage1_ckpt"):
+        load_stage1(module, tmp_path / "missing.pth")
+
+
+def test_setup_loads_stage1_only_when_a_fresh_run_starts(tmp_path):
+    """Lightning's setup hook: a fresh fit loads model.stage1_ckpt; resuming (trainer.ckpt_path) and
+    evaluation do not need it; a fresh fit without it is refused naming the setting."""
+    s1, path = _stage1_file(tmp_path)
+    for resume, trainer_path, stage in [("r.ckpt", None, "fit"), (None, "r.ckpt", "fit"), (None, None, "validate"),
+                                        (None, None, "test")]:
+        module = DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM)  # no stage1_ckpt: never read
+        module.trainer, module.run_config = SimpleNamespace(ckpt_path=trainer_path), {"ckpt_path": resume}
+        module.setup(stage)
+    module.trainer, module.run_config = SimpleNamespace(ckpt_path=None), {"ckpt_path": None}
+    with pytest.raises(ConfigError, match=r"model\.stage1_ckpt=<stage-1 run>"):
+        module.setup("fit")
+    module = DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM, stage1_ckpt=str(path))
+    module.trainer = SimpleNamespace(ckpt_path=None)  # an official file stores no data config: nothing to check
+    module.run_config = {"data": {"task": "rain"}}
+    module.setup("fit")
+    for key, value in s1.G.state_dict().items():
+        torch.testing.assert_close(module.ema_net.G.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_stage1_run_on_other_data_is_refused(tmp_path):
@@ -226,10 +244,14 @@ def test_stage1_run_on_other_data_is_refused(tmp_path):
                 "config": {"data": stored_data}}, path)
     ours = {**stored_data, "task": "blur", "patch_size": 32}  # patch size may differ, the task may not
     module = DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM)
-    with pytest.raises(ConfigError, match=r"data\.task='rain'.*data\.task='blur'"):
-        module.load_stage1(path, ours)
-    DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM, stage1_match=[]).load_stage1(path, ours)
-    module.load_stage1(path, {**stored_data, "patch_size": 32})
+    with pytest.raises(ConfigError, match=r"model\.stage1_ckpt=.*data\.task='rain'.*data\.task='blur'"):
+        load_stage1(module, path, ours)
+    load_stage1(DiffIRStage2Module(DiffIRS2(**TINY), optimizer=ADAM, stage1_match=[]), path, ours)
+    load_stage1(module, path, {**stored_data, "patch_size": 32})
+    module.trainer, module.run_config = SimpleNamespace(ckpt_path=None), {"data": ours}  # setup: the run's data
+    module.stage1_ckpt = str(path)
+    with pytest.raises(ConfigError, match=r"data\.task='rain'"):
+        module.setup("fit")
 
 
 def test_release_weights_replace_the_network_of_the_same_stage(tmp_path):
@@ -366,7 +388,7 @@ def test_stage1_restores_with_the_ground_truth_prior():
     with torch.no_grad():
         expected = net.eval()(batch["lq"], batch["gt"]).clamp(0, 1)
     torch.testing.assert_close(module.restore(batch["lq"], gt=batch["gt"]), expected)
-    assert module.restore_inputs == ("gt",)
+    assert module.restorer().conditions == ("gt",)
 
 
 def test_stage2_restore_is_seeded_and_tiles_share_one_ipr(tmp_path):
@@ -383,9 +405,9 @@ def test_stage2_restore_is_seeded_and_tiles_share_one_ipr(tmp_path):
     torch.testing.assert_close(one_tile, out, rtol=0, atol=0)
     tiled = module.restore(lq, generator=torch.Generator().manual_seed(4), tile=16, overlap=8)
     assert tiled.shape == out.shape and torch.isfinite(tiled).all()
-    with pytest.raises(ConfigError, match="steps"):
+    with pytest.raises(ConfigError, match="has no option steps"):
         module.restore(lq, steps=3)
-    assert module.nfe() == 4
+    assert module.restorer().nfe() == 4
 
 
 def test_inpainting_input_and_composite():
@@ -394,7 +416,7 @@ def test_inpainting_input_and_composite():
     gen = torch.Generator().manual_seed(0)
     gt = torch.rand(1, 3, 16, 16, generator=gen) * 0.9
     known = (torch.rand(1, 1, 16, 16, generator=gen) > 0.3).float()
-    lq = gt * known + (1 - known)  # missing pixels white, as data.degradations.apply_mask
+    lq = gt * known + (1 - known)  # missing pixels white, as data.masks.apply_mask
     inp = module.network_input(lq, known)
     torch.testing.assert_close(inp, torch.cat([gt * known, 1 - known], dim=1))
     torch.testing.assert_close(module.network_input(lq, None), inp)  # mask read off the white pixels
@@ -404,7 +426,7 @@ def test_inpainting_input_and_composite():
     with torch.no_grad():
         raw = net.eval()(inp, gt).clamp(0, 1)
     torch.testing.assert_close(out[~kept], raw[~kept])
-    assert module.restore_inputs == ("gt", "mask")
+    assert module.restorer().conditions == ("gt", "mask")
 
 
 # ---------------------------------------------------------------- experiment configs

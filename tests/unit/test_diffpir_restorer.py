@@ -71,7 +71,7 @@ def test_measurement_noise_has_std_sigma_n(task):
 def test_prepare_batch_uses_the_official_gaussian_kernel_and_circular_blur(prior):
     gt = _faces(2, 64)
     restorer = DiffPIRRestorer(prior, "deblur_gaussian", kernel_size=21, sigma_n=0.0)
-    batch = restorer.prepare_batch({"gt": gt, "lq": gt, "index": torch.tensor([3, 7])})
+    batch = restorer.measure({"gt": gt, "lq": gt, "index": torch.tensor([3, 7])})
     for row, index in enumerate((3, 7)):
         kernel = gaussian_kernel(21, official_gaussian_sigma(index) * 21 / 61)
         assert torch.allclose(batch["kernel"][row], kernel)
@@ -82,12 +82,12 @@ def test_prepare_batch_inpainting_masks_from_the_batch_or_generated(prior):
     gt = _faces(2)
     batch_mask = torch.ones(2, 1, 32, 32)
     batch_mask[:, :, 8:16, 8:16] = 0
-    from_batch = DiffPIRRestorer(prior, "inpainting").prepare_batch(
+    from_batch = DiffPIRRestorer(prior, "inpainting").measure(
         {"gt": gt, "lq": gt, "mask": batch_mask, "index": torch.tensor([0, 1])})
     assert torch.equal(from_batch["mask"], batch_mask)
     assert torch.all(from_batch["lq"][:, :, 8:16, 8:16] == 0)  # missing pixels are black, as the official
     assert torch.allclose(from_batch["lq"][:, :, 20:, 20:], gt[:, :, 20:, 20:])
-    boxes = DiffPIRRestorer(prior, "inpainting", mask="box").prepare_batch(
+    boxes = DiffPIRRestorer(prior, "inpainting", mask="box").measure(
         {"gt": gt, "lq": gt, "mask": batch_mask, "index": torch.tensor([0, 1])})
     assert torch.equal(boxes["mask"][1], generated_mask("box", 32, 32, 1))
     assert float(boxes["mask"].mean()) == pytest.approx(0.75)  # half height x half width missing
@@ -96,7 +96,7 @@ def test_prepare_batch_inpainting_masks_from_the_batch_or_generated(prior):
 def test_fixed_seed_gives_identical_output_and_batches_work(prior):
     gt = _faces(2)
     restorer = DiffPIRRestorer(prior, "inpainting", mask="box", nfe=5)
-    batch = restorer.prepare_batch({"gt": gt, "lq": gt, "index": torch.tensor([0, 1])})
+    batch = restorer.measure({"gt": gt, "lq": gt, "index": torch.tensor([0, 1])})
     runs = [restorer.restore(batch["lq"], generator=torch.Generator().manual_seed(3), mask=batch["mask"])
             for _ in range(2)]
     assert runs[0].shape == gt.shape and torch.equal(runs[0], runs[1])
@@ -109,7 +109,7 @@ def test_fixed_seed_gives_identical_output_and_batches_work(prior):
 def test_different_kernels_in_one_batch_are_restored_per_image(prior):
     gt = _faces(2)
     restorer = DiffPIRRestorer(prior, "deblur_motion", kernel_size=9, nfe=3)
-    batch = restorer.prepare_batch({"gt": gt, "lq": gt, "index": torch.tensor([0, 1])})
+    batch = restorer.measure({"gt": gt, "lq": gt, "index": torch.tensor([0, 1])})
     assert not torch.equal(batch["kernel"][0], batch["kernel"][1])
     out = restorer.restore(batch["lq"], generator=torch.Generator().manual_seed(0), kernel=batch["kernel"])
     assert out.shape == gt.shape and torch.isfinite(out).all()
@@ -118,7 +118,7 @@ def test_different_kernels_in_one_batch_are_restored_per_image(prior):
 def test_sr_restores_to_the_high_resolution_size(prior):
     restorer = DiffPIRRestorer(prior, "sr_x2", nfe=3)
     assert restorer.restore(torch.rand(1, 3, 16, 16)).shape == (1, 3, 32, 32)
-    assert restorer.nfe() == 3 and restorer.sampler_summary()["lam"] == 6.0  # official SR settings
+    assert restorer.nfe() == 3 and restorer.settings()["lam"] == 6.0  # official SR settings
 
 
 def test_bad_options_fail_clearly(prior):
@@ -131,28 +131,24 @@ def test_bad_options_fail_clearly(prior):
     restorer = DiffPIRRestorer(prior, "inpainting")
     with pytest.raises(ConfigError, match="needs the mask"):
         restorer.restore(torch.rand(1, 3, 32, 32))
-    with pytest.raises(ConfigError, match="tile"):
-        restorer.restore(torch.rand(1, 3, 32, 32), mask=torch.ones(1, 1, 32, 32), tile=16)
     with pytest.raises(DataError, match="sums to"):
         DiffPIRRestorer(prior, "deblur_gaussian", kernel=torch.ones(3, 3)).restore(torch.rand(1, 3, 32, 32))
 
 
-def test_cli_mask_must_be_a_kind_or_an_existing_file(tmp_path, prior):
-    from diffpir.cli import restorer_from_args
+def test_model_diffpir_checks_its_settings_before_any_image(tmp_path, prior):
+    """configs/model/diffpir.yaml's factory: bad masks and options fail at once; a mask folder is read per image."""
+    from core.restorer import build_restorer
+    from diffpir.restorer import diffpir_model
 
     torch.save(prior.state_dict(), tmp_path / "prior.pt")
     with pytest.raises(ConfigError, match="mask=circle"):
-        restorer_from_args({"prior_ckpt": str(tmp_path / "prior.pt"), "task": "inpainting", "mask": "circle"})
-    restorer, stored = restorer_from_args({"prior_ckpt": str(tmp_path / "prior.pt"), "task": "inpainting",
-                                           "mask": str(tmp_path)})
-    assert stored is None and restorer.mask_kind == "batch"  # a folder of masks: restore.py reads them per image
-
-
-def test_only_model_equals_diffpir_selects_diffpir_on_the_command_line():
-    from core.cli import parse_overrides
-    from diffpir.cli import wants_diffpir
-
-    assert wants_diffpir(dict(parse_overrides(["model=diffpir", "task=inpainting"]).items()))
-    assert not wants_diffpir(dict(parse_overrides(["ckpt=x.ckpt", "model.sampler.steps=5"]).items()))
-    with pytest.raises(ConfigError, match="model=irsde"):
-        wants_diffpir(dict(parse_overrides(["model=irsde"]).items()))
+        diffpir_model(str(tmp_path / "prior.pt"), "inpainting", mask="circle")
+    with pytest.raises(ConfigError, match="no such file"):
+        diffpir_model(str(tmp_path / "missing.pt"), "inpainting")
+    module = diffpir_model(str(tmp_path / "prior.pt"), "inpainting", mask=str(tmp_path))
+    assert module.run_config is None and build_restorer(module).mask_kind == "batch"
+    with pytest.raises(ConfigError, match="tile"):
+        build_restorer(module, {"tile": 16})
+    with pytest.raises(ConfigError, match="has no option sampler"):
+        build_restorer(module, {"sampler": "ode"})
+    assert build_restorer(module, {"steps": 7}).nfe() == 7

@@ -3,6 +3,7 @@
 import numpy as np
 
 from core import loggers
+from core.evaluation import make_panel
 
 
 def _no_key(monkeypatch, tmp_path):
@@ -41,6 +42,6 @@ def test_panel_layout():
     lq = np.zeros((4, 4, 3), np.uint8)
     out = np.full((8, 8, 3), 100, np.uint8)
     gt = np.full((8, 8, 3), 200, np.uint8)
-    panel = loggers.make_panel(lq, out, gt)
+    panel = make_panel(lq, out, gt)
     assert panel.shape == (8, 8 * 3 + 2 * 4, 3)
     assert (panel[:, :8] == 0).all() and (panel[:, 12:20] == 100).all() and (panel[:, 24:] == 200).all()

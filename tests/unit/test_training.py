@@ -1,11 +1,9 @@
 """The shared recipe pieces: EMA update and decay schedule, posterior clipping option."""
 
-import pytest
 import torch
 from torch import nn
 
 from core.ema import ema_update, make_ema_copy
-from core.training import RestorationModule
 from irsde import samplers
 from irsde.sde import IRSDE
 
@@ -19,16 +17,6 @@ def test_ema_update_matches_hand_computation():
     ema_update(ema, net, decay=0.9)
     torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * net.weight.detach())
     assert not ema.weight.requires_grad
-
-
-@pytest.mark.parametrize("warmup", [False, True])
-def test_ema_decay_schedule(warmup):
-    module = RestorationModule(ema={"decay": 0.999, "start": 5, "warmup": warmup})
-    assert module.ema_decay(5) == 0.0  # copies until start
-    n = 10
-    expected = min(0.999, (1 + n) / (10 + n)) if warmup else 0.999
-    assert module.ema_decay(5 + n) == pytest.approx(expected)
-    assert module.ema_decay(10**7) == pytest.approx(0.999)
 
 
 def test_posterior_clip_x0_bounds_a_bad_model_and_keeps_the_exact_one():

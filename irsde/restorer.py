@@ -1,0 +1,66 @@
+"""IR-SDE as a `core.restorer.Restorer`: a noise network + its SDE + one reverse-time sampler's options."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from core.nn import count_parameters
+from core.restorer import Restorer
+from irsde import samplers
+from irsde.sde import IRSDE
+
+
+class IRSDERestorer(Restorer):
+    """sampler: a name of irsde.samplers.SAMPLERS; steps: network evaluations (None = T, or t*(sigma) for the
+    denoising samplers); sigma: the noise level of the input for the denoising samplers (0..255 units);
+    tile/overlap: run every network evaluation on overlapping tiles (the sampler state stays whole, so the noise
+    is seamless); clip_x0: posterior only, clamp the x0 estimate (not official)."""
+
+    def __init__(self, net: nn.Module, sde: IRSDE, sampler: str = "posterior", steps: int | None = None,
+                 sigma: float | None = None, tile: int | None = None, overlap: int = 32,
+                 clip_x0: tuple[float, float] | None = None, progress: bool = False) -> None:
+        if sampler not in samplers.SAMPLERS:
+            raise ConfigError(f"sampler={sampler}: IR-SDE samplers are {', '.join(samplers.SAMPLERS)}")
+        self.denoising = sampler.startswith("denoise")
+        if self.denoising and sigma is None:
+            raise ConfigError(f"sampler={sampler} needs the noise level of the input: sigma=25 (0..255 units)")
+        self.net, self.sde, self.sampler = net, sde, sampler
+        self.steps, self.sigma, self.progress = steps, sigma, progress
+        self.tile, self.overlap = (int(tile) if tile else None), int(overlap if overlap is not None else 32)
+        self.clip_x0 = tuple(clip_x0) if clip_x0 is not None and sampler == "posterior" else None
+        self.nfe()  # a bad number of steps fails here, before any image is loaded
+
+    @torch.no_grad()
+    def restore(self, lq: torch.Tensor, *, generator: torch.Generator | None = None, **conditions) -> torch.Tensor:
+        model = self.net if not self.tile else _tiled(self.net, self.tile, self.overlap)
+        extra = {"sigma": self.sigma} if self.denoising else {}  # lq is the noisy image there
+        if self.clip_x0 is not None:
+            extra["clip_x0"] = self.clip_x0
+        out = samplers.restore(self.sampler, self.sde, model, lq, steps=self.steps, generator=generator,
+                               progress=self.progress, **extra)
+        return out.clamp(0, 1)
+
+    def nfe(self) -> int:
+        start = self.sde.optimal_timestep(self.sigma) if self.denoising else self.sde.T
+        steps = int(self.steps or start)
+        if not 1 <= steps <= self.sde.T:
+            raise ConfigError(f"steps={steps}: IR-SDE takes 1..{self.sde.T} steps (model.sde.T)")
+        return min(steps, start)  # the denoising samplers start at t*(sigma), never more steps than that
+
+    def describe(self) -> str:
+        params = count_parameters(self.net) / 1e6
+        return f"IR-SDE {type(self.net).__name__}, {params:.2f} M params, sampler {self.sampler}, {self.nfe()} NFEs"
+
+    def settings(self) -> dict:
+        return {"name": self.sampler, "steps": self.nfe(), "T": self.sde.T}
+
+
+def _tiled(net: nn.Module, tile: int, overlap: int):
+    from core.tiling import tiled_apply
+
+    def run(x_t: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return tiled_apply(lambda a, b: net(a, b, t), [x_t, mu], tile=tile, overlap=overlap)
+
+    return run
