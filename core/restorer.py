@@ -22,7 +22,7 @@ from torch import Tensor
 from core.errors import ConfigError
 
 #: the entry points' restorer options (evaluate.py / restore.py spell them sampler=, steps=, ...)
-OPTION_KEYS = ("sampler", "steps", "sigma", "tile", "overlap")
+OPTION_KEYS = ("sampler", "steps", "sigma", "tile", "overlap", "order", "grid")
 #: the batch entries a restorer may take besides lq
 CONDITION_KEYS = ("gt", "mask", "kernel")
 

@@ -42,14 +42,15 @@ class IRSDEModule(RestorationModule):
         return loss, {}
 
     def restorer(self, sampler: str | None = None, steps: int | None = None, sigma: float | None = None,
-                 tile: int | None = None, overlap: int | None = None, clip_x0=None, progress: bool = False,
-                 net: nn.Module | None = None) -> IRSDERestorer:
+                 tile: int | None = None, overlap: int | None = None, clip_x0=None, order: int | None = None,
+                 grid: str | None = None, progress: bool = False, net: nn.Module | None = None) -> IRSDERestorer:
         """The EMA network (or `net`) with this run's sampler (model.sampler) and these options over it."""
-        given = {"name": sampler, "steps": steps, "sigma": sigma, "clip_x0": clip_x0}
+        given = {"name": sampler, "steps": steps, "sigma": sigma, "clip_x0": clip_x0, "order": order, "grid": grid}
         opts = {**self.sampler_options, **{k: v for k, v in given.items() if v is not None}}
         return IRSDERestorer(net if net is not None else self.eval_net, self.sde, sampler=opts["name"],
                              steps=opts.get("steps"), sigma=opts.get("sigma"), tile=tile, overlap=overlap,
-                             clip_x0=opts.get("clip_x0"), progress=progress)
+                             clip_x0=opts.get("clip_x0"), order=opts.get("order"), grid=opts.get("grid"),
+                             progress=progress)
 
     def read_release_network(self, path) -> nn.Module:
         """An official IR-SDE release file (a ConditionalUNet/NAFNet state dict)."""

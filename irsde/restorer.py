@@ -16,11 +16,13 @@ class IRSDERestorer(Restorer):
     """sampler: a name of irsde.samplers.SAMPLERS; steps: network evaluations (None = T, or t*(sigma) for the
     denoising samplers); sigma: the noise level of the input for the denoising samplers (0..255 units);
     tile/overlap: run every network evaluation on overlapping tiles (the sampler state stays whole, so the noise
-    is seamless); clip_x0: posterior only, clamp the x0 estimate (not official)."""
+    is seamless); clip_x0: posterior only, clamp the x0 estimate (not official); order / grid: the mr_ode (1-3)
+    and mr_sde (1-2) solvers' order and time grid (logsnr | uniform), irsde/mr_sampler.py."""
 
     def __init__(self, net: nn.Module, sde: IRSDE, sampler: str = "posterior", steps: int | None = None,
                  sigma: float | None = None, tile: int | None = None, overlap: int = 32,
-                 clip_x0: tuple[float, float] | None = None, progress: bool = False) -> None:
+                 clip_x0: tuple[float, float] | None = None, order: int | None = None, grid: str | None = None,
+                 progress: bool = False) -> None:
         if sampler not in samplers.SAMPLERS:
             raise ConfigError(f"sampler={sampler}: IR-SDE samplers are {', '.join(samplers.SAMPLERS)}")
         self.denoising = sampler.startswith("denoise")
@@ -30,6 +32,9 @@ class IRSDERestorer(Restorer):
         self.steps, self.sigma, self.progress = steps, sigma, progress
         self.tile, self.overlap = (int(tile) if tile else None), int(overlap if overlap is not None else 32)
         self.clip_x0 = tuple(clip_x0) if clip_x0 is not None and sampler == "posterior" else None
+        self.mr = {k: v for k, v in (("order", order), ("grid", grid)) if v is not None}
+        if self.mr and not sampler.startswith("mr_"):
+            raise ConfigError(f"order= and grid= are options of sampler=mr_ode|mr_sde, not of sampler={sampler}")
         self.nfe()  # a bad number of steps fails here, before any image is loaded
 
     @torch.no_grad()
@@ -38,6 +43,7 @@ class IRSDERestorer(Restorer):
         extra = {"sigma": self.sigma} if self.denoising else {}  # lq is the noisy image there
         if self.clip_x0 is not None:
             extra["clip_x0"] = self.clip_x0
+        extra.update(self.mr)
         out = samplers.restore(self.sampler, self.sde, model, lq, steps=self.steps, generator=generator,
                                progress=self.progress, **extra)
         return out.clamp(0, 1)
@@ -54,7 +60,7 @@ class IRSDERestorer(Restorer):
         return f"IR-SDE {type(self.net).__name__}, {params:.2f} M params, sampler {self.sampler}, {self.nfe()} NFEs"
 
     def settings(self) -> dict:
-        return {"name": self.sampler, "steps": self.nfe(), "T": self.sde.T}
+        return {"name": self.sampler, "steps": self.nfe(), "T": self.sde.T, **self.mr}
 
 
 def _tiled(net: nn.Module, tile: int, overlap: int):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from irsde.mr_sampler import MR_SAMPLERS
 from irsde.sde import IRSDE, DenoisingIRSDE, randn_like
 
 Model = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -204,6 +205,7 @@ SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "posterior": reverse_posterior,
     "denoise_ode": denoise_ode,
     "denoise_sde": denoise_sde,
+    **MR_SAMPLERS,  # few-step exponential integrators (irsde/mr_sampler.py)
 }
 
 

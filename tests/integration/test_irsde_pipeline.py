@@ -170,3 +170,18 @@ def test_test_after_fit_scores_the_test_split_as_evaluate_does(tmp_path):
                              "progress=false", "perceptual=false", "save_images=false"])
     assert results["test"]["test/psnr"] == pytest.approx(summary["psnr"], abs=1e-4)
     assert results["test"]["test/ssim"] == pytest.approx(summary["ssim"], abs=1e-5)
+
+
+def test_evaluate_with_the_few_step_mr_samplers(trained_run, tmp_path):
+    """sampler=mr_ode|mr_sde order= grid= reach IR-SDE's restorer from the command line; one evaluation a step."""
+    import evaluate
+    from core.errors import ConfigError
+
+    ckpt = f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}"
+    common = ["max_images=1", "progress=false", "perceptual=false", "save_images=false"]
+    for sampler, order in (("mr_ode", 3), ("mr_sde", 2)):
+        summary = evaluate.main([ckpt, f"sampler={sampler}", "steps=3", f"order={order}", "grid=uniform",
+                                 f"out={tmp_path / sampler}", *common])
+        assert summary["nfe"] == 3 and summary["sampler"]["order"] == order and np.isfinite(summary["psnr"])
+    with pytest.raises(ConfigError, match="order= and grid="):
+        evaluate.main([ckpt, "sampler=ode", "order=2", f"out={tmp_path / 'bad'}", *common])

@@ -184,7 +184,7 @@ def test_restore_dispatch_and_unknown_name(problem):
     assert torch.equal(
         samplers.restore("ode", sde, model, mu, x_T=x_T), samplers.reverse_ode(sde, model, mu, x_T=x_T)
     )
-    assert set(samplers.SAMPLERS) == {"sde", "ode", "posterior", "denoise_ode", "denoise_sde"}
+    assert set(samplers.SAMPLERS) == {"sde", "ode", "posterior", "denoise_ode", "denoise_sde", "mr_ode", "mr_sde"}
     with pytest.raises(ValueError, match="posterior"):
         samplers.restore("ddim", sde, model, mu)
 

@@ -1,0 +1,280 @@
+"""Few-step samplers for IR-SDE: MR Sampler (Li et al., ICLR 2025), i.e. DPM-Solver++ on the mean-reverting SDE.
+
+The forward process of ``irsde.sde.IRSDE`` is linear in y = x - mu:
+
+    y_t = alpha_t y_0 + sigma_t eps,    alpha_t = e^{-u_t},    sigma_t = sigma_bar_t = lam sqrt(1 - e^{-2 u_t}),
+
+(u_t = ``sde.elapsed[t]``, lam = ``sde.max_sigma``), a VP-type linear SDE dy = f y dt + g dw with f = -theta,
+g^2 = 2 lam^2 theta = d sigma^2/dt - 2 f sigma^2. So the exponential integrators of DPM-Solver++ (Lu et al. 2022,
+arXiv 2211.01095) apply verbatim in y, with the log-SNR clock lambda_t = log(alpha_t / sigma_t). MR Sampler
+(arXiv 2502.07856) writes the same updates in x, with an extra mu term; in y that term is absorbed.
+
+Data prediction from the noise network ``model(x_t, mu, t)``:   y0_hat = (y_t - sigma_t eps_hat) / alpha_t.
+
+With h = lambda_s - lambda_t for a step t -> s (s < t, h > 0) and D_0 = y0_hat(t):
+
+* ODE, order 1 (DDIM):  y_s = (sigma_s / sigma_t) y_t - alpha_s phi_1 D_0,              phi_1 = e^{-h} - 1
+* ODE, order 2 (2M):    ... + alpha_s phi_2 D_1,                                        phi_2 = phi_1 / h + 1
+* ODE, order 3 (3M):    ... + alpha_s phi_2 D_1 - 2 alpha_s phi_3 D_2,                  phi_3 = phi_2 / h - 1/2
+* SDE, order 1:         y_s = (sigma_s / sigma_t) e^{-h} y_t + alpha_s (1 - e^{-2h}) D_0 + sigma_s sqrt(1 - e^{-2h}) z
+* SDE, order 2:         ... + alpha_s (1 - (1 - e^{-2h}) / (2h)) D_1
+
+D_1 ~ h d y0_hat / d lambda and D_2 ~ (h^2 / 2) d^2 y0_hat / d lambda^2 are backward differences of the previous
+data predictions (the Taylor-type "phi" coefficients are the exact integrals of e^{lambda} (lambda - lambda_t)^k / k!
+over the step, as in MR Sampler's ``step_ode_2nd/3rd`` and DPM-Solver's ``solver_type='taylor'``). Note the 2 in
+the 3M term: with D_2 defined as in dpm_solver_pytorch.py (``multistep_dpm_solver_third_update``), D_2 is half the
+scaled second derivative, and its coefficient ``alpha_t * phi_3`` then leaves an O(h^3) local error: only second
+order overall (error slope 2.30 against 3.06 with the 2, over 64..512 steps in tests/unit/test_mr_sampler.py).
+
+Time grid and the network's time input: the IR-SDE network was trained at integer timesteps, so ``mr_timesteps``
+returns integers T = t_K > ... > t_1 > t_0 = 0 and alpha, sigma, lambda are read at them from the sde tables
+(``exp(-elapsed[t])`` and ``sigma_bars[t]``, the very numbers x_t was built from in training). The model gets
+t as a LongTensor of shape (B,), like every sampler in irsde/samplers.py.
+
+* ``grid="logsnr"`` (default): K timesteps whose log-SNR is uniform between lambda_T and lambda_1, rounded to the
+  nearest integer and made distinct, then 0.
+* ``grid="uniform"``: ``irsde.samplers.timestep_grid`` (evenly spaced in t, the grid of the other samplers).
+
+The last step lands on t = 0, where sigma = 0 and lambda = +inf: there the update is the h -> inf limit of the
+first-order step, x_0 = mu + alpha_0 y0_hat(t_1) = x0_hat (DPM-Solver's final denoise; the posterior sampler
+ends the same way). The multistep corrections have no finite limit there, so the final step is always first
+order. Each sampler evaluates the network once per step: NFE = steps = len(times) - 1.
+
+Continuous times: pass ``times`` (a decreasing list of floats) and an sde object with methods ``alpha(t)`` and
+``sigma(t)`` (plus ``noisy_start`` and ``model_condition``): alpha, sigma are then read from those and the model
+gets t as a float tensor. This is how the tests measure the convergence order on an exactly uniform lambda grid;
+``times`` may also end at a positive time (no final denoise; the state there is returned).
+
+The denoising variant (``DenoisingIRSDE``) reverts to the unknown clean image, so y = x - mu is not available;
+these samplers reject it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from irsde.sde import IRSDE, DenoisingIRSDE, randn_like
+
+if TYPE_CHECKING:  # irsde.samplers may import this module to register MR_SAMPLERS: no import cycle at runtime
+    from irsde.samplers import Callback, Model
+
+GRIDS = ("logsnr", "uniform")
+
+
+# ---------------------------------------------------------------------------------------------- schedule and grid
+def _continuous(sde) -> bool:
+    """An sde object with its own alpha(t) / sigma(t) (continuous times) rather than the IRSDE tables."""
+    return callable(getattr(sde, "alpha", None))
+
+
+def alpha_sigma(sde, t: float) -> tuple[float, float]:
+    """(alpha_t, sigma_t): from ``sde.alpha`` / ``sde.sigma`` when it has them, else the IRSDE tables at integer t."""
+    if _continuous(sde):
+        return float(sde.alpha(t)), float(sde.sigma(t))
+    if t != int(t):
+        raise ValueError(f"IR-SDE tables are defined at integer timesteps, got t={t}")
+    return math.exp(-float(sde.elapsed[int(t)])), float(sde.sigma_bars[int(t)])
+
+
+def log_snr(alpha: float, sigma: float) -> float:
+    """lambda = log(alpha / sigma); +inf at sigma = 0 (t = 0)."""
+    return math.log(alpha / sigma) if sigma > 0 else math.inf
+
+
+def mr_timesteps(sde: IRSDE, steps: int, grid: str = "logsnr") -> list[int]:
+    """Decreasing integer timesteps T = t_K > ... > t_1 > t_0 = 0 (K = steps network evaluations, at t_K..t_1).
+
+    "logsnr": t_K..t_1 uniform in lambda from lambda_T to lambda_1 (so t_1 = 1), each the nearest integer to the
+    time of that lambda (linear interpolation of t in lambda), then nudged apart where rounding made two equal.
+    "uniform": evenly spaced in t, ``irsde.samplers.timestep_grid(T, steps)``."""
+    T = sde.T
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid: {', '.join(GRIDS)}")
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T}, got {steps}")
+    if grid == "uniform":
+        from irsde.samplers import timestep_grid
+
+        return timestep_grid(T, steps)
+    if steps == 1:
+        return [T, 0]
+    t_int = np.arange(1, T + 1)
+    lam = np.array([log_snr(*alpha_sigma(sde, int(t))) for t in t_int])  # decreasing in t
+    targets = np.linspace(lam[-1], lam[0], steps)  # lambda_T .. lambda_1, increasing
+    ts = np.rint(np.interp(targets, lam[::-1], t_int[::-1].astype(float))).astype(int).tolist()
+    ts[0], ts[-1] = T, 1
+    for k in range(steps - 2, 0, -1):  # from t_1 upwards: at least one above the next smaller one
+        ts[k] = max(ts[k], ts[k + 1] + 1)
+    for k in range(1, steps):  # from T downwards: at most one below the previous; keeps t_1 >= 1 since K <= T
+        ts[k] = min(ts[k], ts[k - 1] - 1)
+    return [int(t) for t in ts] + [0]
+
+
+# ---------------------------------------------------------------------------------------------- one-step updates
+def data_prediction(y: Tensor, eps: Tensor, alpha: float, sigma: float) -> Tensor:
+    """y0_hat = (y_t - sigma_t eps_hat) / alpha_t, i.e. x0_hat = mu + (x_t - mu - sigma_t eps_hat) / alpha_t."""
+    return (y - sigma * eps) / alpha
+
+
+def ode_step_1(y: Tensor, d0: Tensor, h: float, ratio: float, alpha_s: float) -> Tensor:
+    """DPM-Solver++(1) = DDIM: y_s = (sigma_s/sigma_t) y_t - alpha_s (e^{-h} - 1) D_0."""
+    return ratio * y - alpha_s * math.expm1(-h) * d0
+
+
+def ode_step_2(y, d0, d1, h: float, h0: float, ratio: float, alpha_s: float) -> Tensor:
+    """DPM-Solver++(2M), Taylor form: + alpha_s phi_2 D_1 with D_1 = (D_0 - D_{-1}) h / h_0."""
+    phi1 = math.expm1(-h)
+    phi2 = phi1 / h + 1
+    slope = (d0 - d1) * (h / h0)
+    return ratio * y - alpha_s * phi1 * d0 + alpha_s * phi2 * slope
+
+
+def ode_step_3(y, d0, d1, d2, h: float, h0: float, h1: float, ratio: float, alpha_s: float) -> Tensor:
+    """DPM-Solver++(3M): D_1 ~ h y0', D_2 ~ h^2 y0'' / 2 from backward differences (h_0, h_1: previous steps)."""
+    r0, r1 = h0 / h, h1 / h
+    d1_0 = (d0 - d1) / r0
+    d1_1 = (d1 - d2) / r1
+    slope = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+    curv = (d1_0 - d1_1) / (r0 + r1)
+    phi1 = math.expm1(-h)
+    phi2 = phi1 / h + 1
+    phi3 = phi2 / h - 0.5
+    return ratio * y - alpha_s * phi1 * d0 + alpha_s * phi2 * slope - 2 * alpha_s * phi3 * curv
+
+
+def sde_step(y, d0, d1, h: float, h0: float | None, ratio: float, alpha_s: float, sigma_s: float, z) -> Tensor:
+    """SDE-DPM-Solver++(1) (d1 None) or (2M): y_s = (sigma_s/sigma_t) e^{-h} y_t + alpha_s (1 - e^{-2h}) D_0
+    [+ alpha_s (1 - (1 - e^{-2h}) / (2h)) D_1] + sigma_s sqrt(1 - e^{-2h}) z."""
+    one_m_e2 = -math.expm1(-2 * h)
+    out = ratio * math.exp(-h) * y + alpha_s * one_m_e2 * d0 + sigma_s * math.sqrt(one_m_e2) * z
+    if d1 is not None:
+        out = out + alpha_s * (1 - one_m_e2 / (2 * h)) * (d0 - d1) * (h / h0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+def _setup(sde, mu, steps, grid, times, x_T, generator):
+    if isinstance(sde, DenoisingIRSDE):
+        raise TypeError("MR samplers need the level mu of an IRSDE; DenoisingIRSDE reverts to the unknown x0")
+    if times is None:
+        times = mr_timesteps(sde, sde.T if steps is None else steps, grid)
+    elif steps is not None and steps != len(times) - 1:
+        raise ValueError(f"steps={steps} but {len(times) - 1} intervals in times")
+    times = list(times)
+    if len(times) < 2 or any(a <= b for a, b in zip(times[:-1], times[1:])):
+        raise ValueError(f"times must be strictly decreasing with at least 2 entries, got {times}")
+    x = sde.noisy_start(mu, generator) if x_T is None else x_T.clone()
+    coeffs = [alpha_sigma(sde, t) for t in times]
+    return times, coeffs, x
+
+
+def _model_time(sde, t: float, x: Tensor) -> Tensor:
+    """(B,) timesteps for the network: LongTensor on the IRSDE tables, float tensor for continuous schedules."""
+    if _continuous(sde):
+        return torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+
+
+def _pairs(times: list, progress: bool, desc: str):
+    pairs = list(enumerate(zip(times[:-1], times[1:])))
+    if progress:
+        from tqdm import tqdm
+
+        return tqdm(pairs, desc=desc, leave=False)
+    return pairs
+
+
+@torch.no_grad()
+def mr_ode(
+    sde: IRSDE,
+    model: Model,
+    mu: Tensor,
+    steps: int | None = None,
+    order: int = 2,
+    grid: str = "logsnr",
+    times: Sequence[float] | None = None,
+    x_T: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """MR Sampler-ODE = multistep DPM-Solver++(order) with data prediction on the probability-flow ODE in y.
+
+    Orders 2 and 3 warm up with lower orders on the first steps (no earlier predictions yet); the step onto t = 0
+    is the first-order limit x0_hat. ``callback(i, s, x)`` as in irsde/samplers.py. ``generator`` only draws x_T."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"mr_ode order must be 1, 2 or 3, got {order}")
+    times, coeffs, x = _setup(sde, mu, steps, grid, times, x_T, generator)
+    y = x - mu
+    lams, preds = [], []  # log-SNR and data prediction at every evaluated time, most recent last
+    for i, (t, s) in _pairs(times, progress, f"MR-ODE-{order}"):
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = coeffs[i], coeffs[i + 1]
+        eps = model(y + mu, sde.model_condition(y + mu, mu), _model_time(sde, t, y))
+        lams.append(log_snr(alpha_t, sigma_t))
+        preds.append(data_prediction(y, eps, alpha_t, sigma_t))
+        lams, preds = lams[-order:], preds[-order:]
+        if sigma_s == 0:  # h = inf: every multistep correction degenerates, the first-order limit is alpha_s D_0
+            y = alpha_s * preds[-1]
+        else:
+            h, ratio, k = log_snr(alpha_s, sigma_s) - lams[-1], sigma_s / sigma_t, len(preds)
+            if k == 1:
+                y = ode_step_1(y, preds[-1], h, ratio, alpha_s)
+            elif k == 2:
+                y = ode_step_2(y, preds[-1], preds[-2], h, lams[-1] - lams[-2], ratio, alpha_s)
+            else:
+                h0, h1 = lams[-1] - lams[-2], lams[-2] - lams[-3]
+                y = ode_step_3(y, preds[-1], preds[-2], preds[-3], h, h0, h1, ratio, alpha_s)
+        if callback is not None:
+            callback(i, s, y + mu)
+    return y + mu
+
+
+@torch.no_grad()
+def mr_sde(
+    sde: IRSDE,
+    model: Model,
+    mu: Tensor,
+    steps: int | None = None,
+    order: int = 2,
+    grid: str = "logsnr",
+    times: Sequence[float] | None = None,
+    x_T: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callback | None = None,
+) -> Tensor:
+    """MR Sampler-SDE = multistep SDE-DPM-Solver++(order), data prediction, fresh N(0, 1) noise from ``generator``
+    on every step that does not land on sigma = 0 (order 2 warms up with one first-order step).
+
+    Order 1 is exactly the posterior sampler (irsde.samplers.reverse_posterior): the step's mean is E[y_s | y_t,
+    y0_hat] and its noise std sigma_s sqrt(1 - e^{-2h}) the posterior std, so on the same grid and generator both
+    give the same samples."""
+    if order not in (1, 2):
+        raise ValueError(f"mr_sde order must be 1 or 2, got {order}")
+    times, coeffs, x = _setup(sde, mu, steps, grid, times, x_T, generator)
+    y = x - mu
+    lams, preds = [], []
+    for i, (t, s) in _pairs(times, progress, f"MR-SDE-{order}"):
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = coeffs[i], coeffs[i + 1]
+        eps = model(y + mu, sde.model_condition(y + mu, mu), _model_time(sde, t, y))
+        lams.append(log_snr(alpha_t, sigma_t))
+        preds.append(data_prediction(y, eps, alpha_t, sigma_t))
+        lams, preds = lams[-order:], preds[-order:]
+        if sigma_s == 0:
+            y = alpha_s * preds[-1]
+        else:
+            h, ratio = log_snr(alpha_s, sigma_s) - lams[-1], sigma_s / sigma_t
+            d1, h0 = (preds[-2], lams[-1] - lams[-2]) if len(preds) == 2 else (None, None)
+            y = sde_step(y, preds[-1], d1, h, h0, ratio, alpha_s, sigma_s, randn_like(y, generator))
+        if callback is not None:
+            callback(i, s, y + mu)
+    return y + mu
+
+
+MR_SAMPLERS = {"mr_ode": mr_ode, "mr_sde": mr_sde}  # order= and grid= are options of both
