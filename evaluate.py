@@ -62,7 +62,7 @@ def evaluate(cfg: DictConfig) -> dict:
     ev.write_results(out, summary, rows)
     if panels:
         ev.write_preview(out / "preview.png", panels)
-    _print(summary, rows, cfg.per_image)
+    ev.report(summary, rows, cfg.per_image)
     print(f"wrote {out / 'metrics.json'}, per_image.csv, images/ and preview.png (LQ | restored | GT)")
     return summary
 
@@ -71,7 +71,6 @@ def score_folders(cfg: DictConfig) -> dict:
     """Score restored images against ground truth with the same metric code as every evaluation."""
     from core import evaluation as ev
     from core.errors import ConfigError
-    from core.io import read_image, to_tensor
     from data.layouts import folder_pairs
 
     if not (cfg.restored and cfg.gt):
@@ -80,44 +79,24 @@ def score_folders(cfg: DictConfig) -> dict:
     convention = {"y_channel": bool(data.get("metric_y_channel", False)),
                   "crop_border": int(data.get("metric_crop_border", 0)), **_user_convention(cfg)}
     metrics = ev.ImageMetrics(**convention, perceptual=cfg.perceptual)
-    for i, pair in enumerate(folder_pairs(cfg.restored, cfg.gt)):
-        restored, gt = to_tensor(read_image(pair.lq))[None], to_tensor(read_image(pair.gt))[None]
-        if restored.shape != gt.shape:
-            raise ConfigError(f"{pair.name}: restored image is {tuple(restored.shape[-2:])} but ground truth is "
-                              f"{tuple(gt.shape[-2:])}")
-        metrics.update(restored, gt, [i], names=[pair.name])
-    rows = [{k: v for k, v in r.items() if k != "index"} for r in metrics.per_image()]
+    rows = ev.score_files(folder_pairs(cfg.restored, cfg.gt), metrics)
     summary = {**metrics.summary(rows), "dataset": Path(cfg.gt).name,
                "convention": "y" if convention["y_channel"] else "rgb", "crop_border": convention["crop_border"]}
     out = Path(cfg.out or Path(cfg.restored).parent / "scores")
     ev.write_results(out, summary, rows)
-    print(ev.format_table([summary], [c for c in ev.SUMMARY_COLUMNS if c[0] not in ("nfe", "seconds_per_image")]))
+    ev.report(summary, rows, cfg.per_image)
     print(f"wrote {out / 'metrics.json'}")
     return summary
 
 
 def _user_convention(cfg: DictConfig) -> dict:
+    """convention=y|rgb and crop_border=N override the data's (and the method's) metric convention."""
     from core.errors import ConfigError
 
-    out = {}
-    if cfg.convention is not None:
-        if cfg.convention not in ("y", "rgb"):
-            raise ConfigError(f"convention={cfg.convention}: use convention=y or convention=rgb")
-        out["y_channel"] = cfg.convention == "y"
-    if cfg.crop_border is not None:
-        out["crop_border"] = int(cfg.crop_border)
-    return out
-
-
-def _print(summary: dict, rows: list[dict], per_image) -> None:
-    from core.evaluation import PER_IMAGE_COLUMNS, SUMMARY_COLUMNS, format_table
-
-    if per_image if per_image is not None else len(rows) <= 30:
-        print(format_table(rows, PER_IMAGE_COLUMNS) + "\n")
-    print(format_table([summary], SUMMARY_COLUMNS))
-    if "psnr_input" in summary:
-        print(f"degraded input: PSNR {summary['psnr_input']:.3f} dB, SSIM {summary['ssim_input']:.4f} "
-              f"-> restored: PSNR {summary['psnr']:.3f} dB, SSIM {summary['ssim']:.4f}")
+    if cfg.convention not in (None, "y", "rgb"):
+        raise ConfigError(f"convention={cfg.convention}: use convention=y or convention=rgb")
+    return {**({"y_channel": cfg.convention == "y"} if cfg.convention else {}),
+            **({"crop_border": int(cfg.crop_border)} if cfg.crop_border is not None else {})}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")

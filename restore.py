@@ -33,6 +33,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     from core.io import list_images, read_image, to_tensor, write_image
     from core.loading import pick_device, restorer_source
     from core.restorer import OPTION_KEYS, build_restorer
+    from data.masks import mask_for
 
     for key in ("input", "output"):
         if not cfg.get(key):
@@ -52,7 +53,7 @@ def restore(cfg: DictConfig) -> list[Path]:
         lq = to_tensor(read_image(path))[None].to(device)
         # seeded by the file name: an image restores the same alone or within a folder
         generator = torch.Generator(device=device).manual_seed(int(cfg.seed) + zlib.crc32(path.name.encode()))
-        conditions = {"mask": _mask_of(cfg.mask, path, lq)} if "mask" in restorer.conditions and cfg.mask else {}
+        conditions = {"mask": mask_for(cfg.mask, path, lq)} if "mask" in restorer.conditions and cfg.mask else {}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.precision) == "bf16"):
             restored = restorer.restore(lq, generator=generator, **conditions).float()
         target = Path(cfg.output) / f"{path.stem}.png"
@@ -60,32 +61,6 @@ def restore(cfg: DictConfig) -> list[Path]:
         written.append(target)
     print(f"restored {len(written)} image(s) into {cfg.output}")
     return written
-
-
-def _mask_of(mask: str, image_path: Path, lq):
-    """The mask of one input image (mask=FILE, or a folder of masks named like the inputs): 1 x 1 x H x W."""
-    import torch
-
-    from core.errors import DataError
-    from core.io import list_images
-    from data.masks import read_mask
-
-    source = Path(mask)
-    if mask in ("batch", "box", "pixels", "strokes"):  # DiffPIR's generated masks: the restorer makes them
-        return None
-    if source.is_dir():
-        matches = [p for p in list_images(source) if p.stem == image_path.stem]
-        if not matches:
-            raise DataError(f"mask={source}: no mask named {image_path.stem}.* for the input {image_path.name}")
-        source = matches[0]
-    elif not source.is_file():
-        raise DataError(f"mask={source}: no such file or folder (white = known pixel, black = to fill)")
-    height, width = lq.shape[-2:]
-    array = read_mask(source, None)
-    if array.shape != (height, width):
-        raise DataError(f"mask={source} is {array.shape[0]}x{array.shape[1]} but {image_path.name} is "
-                        f"{height}x{width}: the mask must have the image's size")
-    return torch.from_numpy(array)[None, None].to(lq.device)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="restore")

@@ -170,6 +170,30 @@ def evaluate(restorer: Restorer, loader: Iterable[dict], metrics: ImageMetrics, 
         seen += restored.shape[0]
 
 
+def score_files(pairs: Iterable, metrics: ImageMetrics) -> list[dict]:
+    """Existing restored images (`pair.lq`) against their ground truth (`pair.gt`): evaluate.py restored= gt=."""
+    from core.errors import DataError
+    from core.io import read_image, to_tensor
+
+    for i, pair in enumerate(pairs):
+        restored, gt = to_tensor(read_image(pair.lq))[None], to_tensor(read_image(pair.gt))[None]
+        if restored.shape != gt.shape:
+            raise DataError(f"{pair.name}: restored image is {tuple(restored.shape[-2:])} but ground truth is "
+                            f"{tuple(gt.shape[-2:])}")
+        metrics.update(restored, gt, [i], names=[pair.name])
+    return [{k: v for k, v in r.items() if k != "index"} for r in metrics.per_image()]
+
+
+def report(summary: dict, rows: list[dict], per_image: bool | None = None) -> None:
+    """Every image's scores (by default when at most 30), the summary table and the input -> output line."""
+    if per_image if per_image is not None else len(rows) <= 30:
+        print(format_table(rows, PER_IMAGE_COLUMNS) + "\n")
+    print(format_table([summary], [c for c in SUMMARY_COLUMNS if c[0] in summary or c[0] in ("lpips", "fid")]))
+    if "psnr_input" in summary:
+        print(f"degraded input: PSNR {summary['psnr_input']:.3f} dB, SSIM {summary['ssim_input']:.4f} "
+              f"-> restored: PSNR {summary['psnr']:.3f} dB, SSIM {summary['ssim']:.4f}")
+
+
 # -- what a user keeps -------------------------------------------------------------------------------------------
 def tensor_to_images(batch: Tensor) -> list[np.ndarray]:
     """NCHW float [0,1] -> list of uint8 HxWx3 (the PNG that would be saved)."""

@@ -127,3 +127,26 @@ class FolderMask:
 
     def __call__(self, h: int, w: int, seed: int) -> np.ndarray:
         return read_mask(self.files[seed % len(self.files)], (h, w))
+
+
+def mask_for(mask: str, image_path: Path, image) -> torch.Tensor | None:
+    """restore.py mask=: the known-pixel mask (1 x 1 x H x W on the image's device) of one input image from a mask
+    file or a folder of masks named like the inputs; None for a generated kind (the restorer makes those)."""
+    from core.errors import DataError
+    from core.io import list_images
+
+    if mask in ("batch", *MASK_KINDS):
+        return None
+    source = Path(mask)
+    if source.is_dir():
+        matches = [p for p in list_images(source) if p.stem == image_path.stem]
+        if not matches:
+            raise DataError(f"mask={source}: no mask named {image_path.stem}.* for the input {image_path.name}")
+        source = matches[0]
+    elif not source.is_file():
+        raise DataError(f"mask={source}: no such file or folder (white = known pixel, black = to fill)")
+    array = read_mask(source, None)
+    if array.shape != tuple(image.shape[-2:]):
+        raise DataError(f"mask={source} is {array.shape[0]}x{array.shape[1]} but {image_path.name} is "
+                        f"{image.shape[-2]}x{image.shape[-1]}: the mask must have the image's size")
+    return torch.from_numpy(array)[None, None].to(image.device)

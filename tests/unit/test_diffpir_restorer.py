@@ -152,3 +152,17 @@ def test_model_diffpir_checks_its_settings_before_any_image(tmp_path, prior):
     with pytest.raises(ConfigError, match="has no option sampler"):
         build_restorer(module, {"sampler": "ode"})
     assert build_restorer(module, {"steps": 7}).nfe() == 7
+
+
+def test_deblurring_without_a_kernel_says_which_kernel_it_uses(prior, caplog):
+    """restore.py task=deblur_gaussian without kernel=: one line saying the official kernel of image 0 is used."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="diffpir.restorer")
+    restorer = DiffPIRRestorer(prior, "deblur_gaussian", kernel_size=9, nfe=2)
+    restorer.restore(torch.rand(1, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    (record,) = [r for r in caplog.records if r.name == "diffpir.restorer"]
+    assert "without kernel=" in record.getMessage() and "image 0" in record.getMessage()
+    caplog.clear()
+    restorer.restore(torch.rand(1, 3, 32, 32), kernel=torch.full((9, 9), 1 / 81))
+    assert not [r for r in caplog.records if r.name == "diffpir.restorer"]
