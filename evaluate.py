@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from core.cli import CONFIG_DIR, run_hydra, user_errors
+from core.cli import CONFIG_DIR, caught, run_hydra, user_errors
 
 RESULT: list[dict] = []
 
@@ -101,14 +101,12 @@ def _user_convention(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
 def _hydra_main(cfg: DictConfig) -> None:
-    RESULT.append(score_folders(cfg) if cfg.restored or cfg.gt else evaluate(cfg))
+    RESULT.append(caught(score_folders if cfg.restored or cfg.gt else evaluate, cfg))
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run with `argv` as the command line (default sys.argv); returns the summary written to metrics.json."""
-    RESULT.clear()
-    run_hydra(_hydra_main, "evaluate", argv)
-    return RESULT[-1]
+    return run_hydra(_hydra_main, "evaluate", argv, RESULT)
 
 
 if __name__ == "__main__":

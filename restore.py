@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from core.cli import CONFIG_DIR, run_hydra, user_errors
+from core.cli import CONFIG_DIR, caught, run_hydra, user_errors
 
 RESULT: list[list[Path]] = []
 
@@ -65,14 +65,12 @@ def restore(cfg: DictConfig) -> list[Path]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="restore")
 def _hydra_main(cfg: DictConfig) -> None:
-    RESULT.append(restore(cfg))
+    RESULT.append(caught(restore, cfg))
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """Run with `argv` as the command line (default sys.argv); returns the written files."""
-    RESULT.clear()
-    run_hydra(_hydra_main, "restore", argv)
-    return RESULT[-1]
+    return run_hydra(_hydra_main, "restore", argv, RESULT)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from core.cli import user_errors
+from core.cli import CONFIG_DIR, caught, run_hydra, user_errors
 
 log = logging.getLogger("train")
 
@@ -45,11 +45,19 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        train(cfg)
+RESULT: list[dict] = []
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    RESULT.append(caught(train, cfg))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run with `argv` as the command line (default sys.argv); a misspelt key names the valid ones."""
+    return run_hydra(_hydra_main, "train", argv, RESULT)
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -50,7 +50,7 @@ from benchmarks.common import (
 from benchmarks.plots import line_plot
 
 TASKS = ("inpainting", "sr_x2", "deblur_gaussian")
-# The evaluate.py / diffpir.cli arguments of each task (everything else: the official defaults of the task).
+# The evaluate.py model=diffpir arguments of each task (everything else: the official defaults of the task).
 TASK_ARGS: dict[str, dict[str, Any]] = {
     "inpainting": {"mask": "box", "noise_sigma": 0.0},
     "sr_x2": {"noise_sigma": 0.01},

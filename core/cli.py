@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,22 +75,38 @@ def hydra_argv(config_name: str, argv: list[str]) -> list[str]:
         elif top in sections:
             out.append("++" + arg.lstrip("+"))
         else:
-            raise ConfigError(f"unknown option {top}=...: the options are {', '.join(sorted(own))}; other keys "
-                              f"override the run config ({', '.join(sorted(sections))}), e.g. data.root=DIR")
+            found = sorted({f"{p.parent.name}.{top}" for p in CONFIG_DIR.glob("*/*.yaml")
+                            if p.parent.name != "experiment" and top in (OmegaConf.load(p) or {})})
+            hint = f" (did you mean {' or '.join(found)}?)" if found else ""
+            raise ConfigError(f"unknown option {top}=...{hint}: the options are {', '.join(sorted(own))}; other "
+                              f"keys override the run config ({', '.join(sorted(sections))}), e.g. data.root=DIR")
     return out
 
 
-def run_hydra(entry: Callable[[], None], config_name: str, argv: list[str] | None) -> None:
-    """Call a @hydra.main function with `argv` as its command line; errors propagate (one line for a UserError
-    under `user_errors`, a traceback for a bug) instead of Hydra's summary and exit."""
+def caught(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Inside a @hydra.main function: the task's result, or the UserError it raised (re-raised by run_hydra
+    outside Hydra, so the user sees one line, not Hydra's report around it)."""
+    try:
+        return task(cfg)
+    except UserError as err:
+        return err
+
+
+def run_hydra(entry: Callable[[], None], config_name: str, argv: list[str] | None, results: list) -> Any:
+    """Call a @hydra.main function with `argv` as its command line (keys checked by `hydra_argv`) and return what
+    it appended to `results`; a bug keeps its traceback instead of Hydra's summary and exit."""
     argv = list(sys.argv[1:] if argv is None else argv)
     saved = sys.argv
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = [saved[0] if saved else config_name, *hydra_argv(config_name, argv)]
+    results.clear()
     try:
         entry()
     finally:
         sys.argv = saved
+    if isinstance(results[-1], UserError):
+        raise results[-1]
+    return results[-1]
 
 
 def merge_user_sections(stored: dict | DictConfig, cfg: DictConfig) -> DictConfig:

@@ -119,6 +119,10 @@ def test_a_misspelt_option_is_an_error_not_ignored(trained_run, tmp_path):
         evaluate.main([ckpt, "stpes=3"])
     with pytest.raises(ConfigError, match="unknown option tiles"):
         restore.main([ckpt, "input=x.png", f"output={tmp_path}", "tiles=64"])
+    import train
+
+    with pytest.raises(ConfigError, match=r"unknown option stage1_ckpt=\.\.\. \(did you mean model.stage1_ckpt\?\)"):
+        train.main(["experiment=diffir_s2_demo", "stage1_ckpt=x.ckpt"])  # DiffIR's keys live under model.
     summary = evaluate.main([ckpt, "model.sampler.steps=2", "data.task=rain", "max_images=1", "progress=false",
                              "perceptual=false", f"out={tmp_path / 'ok'}"])  # config overrides still work
     assert summary["nfe"] == 2

@@ -68,7 +68,7 @@ def test_measurement_noise_has_std_sigma_n(task):
     assert abs(float((y - 0.5).std()) - 0.05) < 0.003
 
 
-def test_prepare_batch_uses_the_official_gaussian_kernel_and_circular_blur(prior):
+def test_measure_uses_the_official_gaussian_kernel_and_circular_blur(prior):
     gt = _faces(2, 64)
     restorer = DiffPIRRestorer(prior, "deblur_gaussian", kernel_size=21, sigma_n=0.0)
     batch = restorer.measure({"gt": gt, "lq": gt, "index": torch.tensor([3, 7])})
@@ -78,7 +78,7 @@ def test_prepare_batch_uses_the_official_gaussian_kernel_and_circular_blur(prior
         assert torch.allclose(batch["lq"][row:row + 1], _circular_blur(gt[row:row + 1], kernel), atol=1e-5)
 
 
-def test_prepare_batch_inpainting_masks_from_the_batch_or_generated(prior):
+def test_measure_inpainting_masks_from_the_batch_or_generated(prior):
     gt = _faces(2)
     batch_mask = torch.ones(2, 1, 32, 32)
     batch_mask[:, :, 8:16, 8:16] = 0
