@@ -33,7 +33,10 @@ def user_errors():
     try:
         yield
     except (UserError, MisconfigurationException) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err)
+        if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch prepends its traceback
+            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,13 +1,15 @@
 """LightningDataModules: one per dataset, all over `PairedImageDataset`.
 
-The base class finds the pairs of each split, checks them before any training step (counts, pairing, readable
-headers, LQ sizes, training images at least the patch size), and serves the loaders. A subclass says where the
-pairs are (`find_pairs`), how LQs are made (`dataset_options`) and its metric convention (`metric_y_channel`,
-`metric_crop_border`, read by the evaluation code). Validation uses the first `val_max_images` test images.
+The base class finds the pairs of each split, checks them before any training step (every training and
+validation file fully decoded once, see data.verify; counts, pairing, LQ sizes, training images at least the
+patch size), and serves the loaders. A subclass says where the pairs are (`find_pairs`), how LQs are made
+(`dataset_options`) and its metric convention (`metric_y_channel`, `metric_crop_border`, read by the evaluation
+code). Validation uses the first `val_max_images` test images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +35,7 @@ from data.layouts import (
 from data.masks import MASK_KINDS, FolderMask, GeneratedMask
 from data.samplers import EpochSeededSampler
 from data.synthetic import NoiseLQ
+from data.verify import require_decodable, verify_images
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ class PairedDataModule(L.LightningDataModule):
                  val_max_images: int | None = None, val_center_crop: int | None = None,
                  metric_y_channel: bool | None = None, metric_crop_border: int | None = None, scale: int = 1,
                  upsample_lq: bool = False, flips: bool | str = True, rot90: bool = True, check_files: bool = True,
-                 train_root: str | None = None, test_root: str | None = None) -> None:
+                 verify: bool = True, train_root: str | None = None, test_root: str | None = None) -> None:
         super().__init__()
         self.root = root
         self.train_root, self.test_root = train_root, test_root
@@ -57,7 +60,8 @@ class PairedDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
         self.val_batch_size, self.test_batch_size = int(val_batch_size), int(test_batch_size)
         self.val_max_images, self.val_center_crop = val_max_images, val_center_crop
-        self.flips, self.rot90, self.check_files = flips, rot90, check_files
+        self.flips, self.rot90, self.check_files, self.verify = flips, rot90, check_files, bool(verify)
+        self._verified = False
         self.metric_y_channel = self.default_y_channel if metric_y_channel is None else bool(metric_y_channel)
         self.metric_crop_border = (self.default_crop_border if metric_crop_border is None
                                    else int(metric_crop_border))
@@ -125,6 +129,19 @@ class PairedDataModule(L.LightningDataModule):
         if problems:
             raise DataError(f"{self.name}: " + ". ".join(problems) + ".")
 
+    def fit_files(self) -> list[Path]:
+        """Every file a fit reads: LQ and GT of the training and validation pairs (subclasses add masks)."""
+        pairs = [*self.pairs_for("train"), *self.pairs_for("test")[:self.val_max_images]]
+        return [f for pair in pairs for f in (pair.lq, pair.gt) if f is not None]
+
+    def prepare_data(self) -> None:
+        # Lightning calls this in one process per node before setup() runs on every rank: the files are decoded
+        # here once, and each rank's check in setup() then finds them in the cache. Errors are setup()'s to
+        # report, on every rank alike.
+        if self.verify:
+            with contextlib.suppress(DataError):
+                verify_images(self.fit_files())
+
     # -- datasets ------------------------------------------------------------------------------------------
     def build_dataset(self, split: str, train: bool, limit: int | None = None,
                       center_crop: int | None = None) -> Dataset:
@@ -135,6 +152,9 @@ class PairedDataModule(L.LightningDataModule):
                                   rot90=self.rot90, **self.dataset_options(train))
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.verify and not self._verified:
+            require_decodable(self.fit_files(), self.name)
+            self._verified = True
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self.build_dataset("train", train=True)
         if stage in (None, "fit", "validate") and self.val_set is None:
@@ -245,6 +265,9 @@ class CelebAHQDataModule(PairedDataModule):
     def training_size(self, pair: Pair) -> tuple[int, int]:
         return self.image_size, self.image_size
 
+    def fit_files(self) -> list[Path]:
+        return [*super().fit_files(), *(self.mask_files() if self.mask_root else ())]
+
     def mask_files(self) -> tuple[Path, ...]:
         root = Path(self.mask_root)  # type: ignore[arg-type]
         for folder in (root / self.mask_kind, root):
@@ -325,6 +348,9 @@ class DemoDataModule(PairedDataModule):
         self.task, self.image_size, self.train_samples = task, int(image_size), int(train_samples)
         self.source = source
         self.name = f"demo-{task}" if source == "photos" else f"demo-{source}-{task}"
+
+    def fit_files(self) -> list[Path]:
+        return []  # in memory: nothing to verify
 
     def pairs_for(self, split: str) -> list[Pair]:
         raise DataError("The demo data live in memory and have no files: use data.demo.export_demo(folder) "

@@ -32,6 +32,12 @@ from data.transforms import center_crop_pair, paired_train_transform  # noqa: E4
 H, W = 40, 48
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    # data.verify's cache goes to $XDG_CACHE_HOME: keep it out of the user's home
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 def _image(seed: int, h: int = H, w: int = W) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -198,7 +204,7 @@ def test_setup_names_small_unreadable_and_mismatched_images(tmp_path):
     with pytest.raises(DataError, match=r"norain-2\.png"):
         Rain100HDataModule(str(tmp_path), patch_size=8, batch_size=2, num_workers=0).setup("fit")
     with pytest.raises(DataError, match="batch_size"):
-        Rain100HDataModule(str(tmp_path), patch_size=8, batch_size=9, num_workers=0).setup("fit")
+        Rain100HDataModule(str(tmp_path), patch_size=8, batch_size=9, num_workers=0, verify=False).setup("fit")
 
 
 @pytest.mark.parametrize("blur", ["blur", "blur_gamma"])
