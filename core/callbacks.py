@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import shlex
+import signal
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+
+log = logging.getLogger(__name__)
 
 
 class LossTrend(L.Callback):
@@ -27,3 +34,153 @@ class LossTrend(L.Callback):
         change = 100.0 * (last - first) / first if first else float("nan")
         rank_zero_info(f"{self.key}: mean of the first {n} steps {first:.5f} -> last {n} steps {last:.5f} "
                        f"({change:+.1f}%) over {len(self.values)} steps")
+
+
+class Preemption(L.Callback):
+    """Survive the end of a cluster job: on one of `signals` (SIGTERM; SIGUSR1, which `#SBATCH --signal=USR1@90`
+    sends 90 s before the time limit) write `<run>/checkpoints/last.ckpt` at the next batch boundary, log how to
+    resume, requeue the job when the signal is SLURM's requeue signal (Lightning's SLURMEnvironment, auto_requeue)
+    and end the process with `exit_code` (default 128 + the signal number: 143 for SIGTERM, 138 for SIGUSR1), so a
+    scheduler sees a run that was stopped, not one that finished. See core.preemption for what Lightning does alone.
+
+    The decision is reduced over the DDP ranks at every training (and in-fit validation) batch end, so every rank
+    stops at the same batch; `trainer.save_checkpoint` writes on rank 0 only.
+    """
+
+    def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1"), exit_code: int | None = None,
+                 requeue: bool = True) -> None:
+        from core.preemption import SignalFlag, signal_from_name
+
+        self.signals = [signal_from_name(s) for s in signals]
+        self.exit_code = exit_code
+        self.requeue = requeue
+        self.flag = SignalFlag()
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Before Lightning's own handlers (registered right after this hook): Lightning then leaves SIGUSR1 to us
+        # (no mid-step hpc_ckpt) and calls our SIGTERM handler after its own notifier.
+        self.flag.install({*self.signals, *self._slurm_requeue_signal(trainer)})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # a long validation must not miss the warning
+            self._check(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        from core.preemption import Preempted
+
+        if isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted):
+            # Lightning's own check came first (the signal landed after ours for that batch: its check at the end
+            # of the batch, of a validation or of an epoch). It raises only at boundaries: the state is whole.
+            signum = self._received(trainer) or signal.SIGTERM
+            if not trainer.sanity_checking:
+                self._save(trainer, signum)
+            exception.code = self._code(signum)
+        # Lightning's teardown, which comes after this hook, may put our handler back (it was there when Lightning
+        # registered its own); inactive, it forwards every signal to the handler that was there before.
+        self.flag.restore()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.flag.restore()
+
+    # -- the stop ---------------------------------------------------------------------------------------------
+    def _received(self, trainer) -> signal.Signals | None:
+        if self.flag.received is not None:
+            return self.flag.received
+        return signal.SIGTERM if trainer.received_sigterm else None
+
+    def _check(self, trainer) -> None:
+        from core.preemption import Preempted, requeue_slurm_job
+
+        local = self._received(trainer)
+        if not trainer.strategy.reduce_boolean_decision(local is not None, all=False):
+            return
+        signum = signal.Signals(trainer.strategy.broadcast(int(local or signal.SIGTERM), src=0))
+        self._save(trainer, signum)
+        if trainer.is_global_zero and self.requeue and signum in self._slurm_requeue_signal(trainer):
+            requeue_slurm_job()
+        raise Preempted(self._code(signum))
+
+    def _code(self, signum: int) -> int:
+        from core.preemption import exit_code_for
+
+        return exit_code_for(signum, self.exit_code)
+
+    def _save(self, trainer, signum: signal.Signals) -> None:
+        from core.errors import CheckpointError
+
+        path = self._checkpoint_path(trainer)
+        try:
+            trainer.save_checkpoint(path)
+            written = not getattr(trainer.strategy.checkpoint_io, "last_write_failed", False)
+        except CheckpointError:  # on_write_error=stop (rank 0 only): the run stops here anyway
+            trainer.strategy.barrier("Trainer.save_checkpoint")  # the other ranks wait there
+            written = False
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(path).parent.parent
+        step = trainer.global_step
+        if written:
+            log.info("%s at step %d: wrote %s. Resume with: %s", signum.name, step, path, resume_command(run_dir))
+        else:
+            log.warning("%s at step %d: could not write %s (see above); it keeps the last state written before. "
+                        "Resume with: %s", signum.name, step, path, resume_command(run_dir))
+
+    @staticmethod
+    def _checkpoint_path(trainer) -> Path:
+        """The ModelCheckpoint's last.ckpt (the file ckpt_path=last finds), else <run>/checkpoints/last.ckpt."""
+        callbacks = sorted(trainer.checkpoint_callbacks, key=lambda cb: not getattr(cb, "save_last", False))
+        for cb in callbacks:
+            if getattr(cb, "dirpath", None):
+                return Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    @staticmethod
+    def _slurm_requeue_signal(trainer) -> set[signal.Signals]:
+        """{SIGUSR1} (or the configured requeue signal) when Lightning runs under SLURM with auto_requeue."""
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        env = trainer._accelerator_connector.cluster_environment  # what Lightning's _SignalConnector reads too
+        if isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal is not None:
+            return {signal.Signals(env.requeue_signal)}
+        return set()
+
+
+def resume_command(run_dir: Path) -> str:
+    """`python train.py <this run's overrides> ckpt_path=<run_dir>` (the overrides from Hydra when it runs)."""
+    args: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            args = [a for a in HydraConfig.get().overrides.task if not a.lstrip("+~").startswith("ckpt_path=")]
+    except Exception:  # only a hint: never fail a preempted run over it
+        args = []
+    return shlex.join(["python", "train.py", *args, f"ckpt_path={run_dir}"]) + "  (or ckpt_path=last)"
+
+
+class CheckpointWrites(L.Callback):
+    """What a failed checkpoint write (disk full, quota) does to the run, set on the trainer's
+    core.checkpoint.AtomicCheckpointIO: "continue" logs one line, keeps the previous files and trains on (the next
+    save tries again); "stop" ends the run with the error (train.py: one line, exit status 2)."""
+
+    def __init__(self, on_error: str = "continue") -> None:
+        from core.checkpoint import check_write_error_action
+
+        self.on_error = check_write_error_action(on_error)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from core.checkpoint import AtomicCheckpointIO
+
+        io = trainer.strategy.checkpoint_io
+        if isinstance(io, AtomicCheckpointIO):
+            io.on_write_error = self.on_error
+        elif stage == "fit":
+            log.warning("callbacks.checkpoint_writes: the trainer's checkpoint plugin is %s, not "
+                        "core.checkpoint.AtomicCheckpointIO; on_error=%s has no effect", type(io).__name__,
+                        self.on_error)

@@ -125,6 +125,7 @@ def test_only_rank_zero_writes_files(runs):
     files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     panel_names = [TEST_PHOTOS[i] for i in rank0["validations"][-1]["indices"][:2]]  # model.val_panels=2
     expected = {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "checkpoints/last.ckpt",
+                "checkpoints/step0000002.ckpt",
                 "csv/metrics.csv", "csv/hparams.yaml", "train.log",
                 *(f"panels/step0000002_{n}.png" for n in panel_names),
                 # Lightning relaunches train.py for rank 1 with hydra.job.name=train_ddp_process_1: Hydra's
