@@ -1,17 +1,24 @@
 """IR-SDE restoration quality against the number of sampler steps, on the built-in demo test images.
 
-    python -m benchmarks.irsde_quality [--ckpt FILE] [--steps 100 50 25 10]
+    python -m benchmarks.irsde_quality [--ckpt FILE] [--samplers posterior mr_ode:3 ...] [--steps 20 10 5]
     python -m benchmarks.irsde_quality --quick --ckpt FILE --out /tmp/q.json      (2 images, 5 and 2 steps)
 
 For a trained suite checkpoint, every sampler restores the demo test images of the checkpoint's task
-(``data.task`` of its stored config) at each step count, and the PSNR/SSIM of the restored and of the degraded
-images are computed with the suite's paper-convention metrics. The samplers are sde, ode and posterior for
-an IR-SDE checkpoint; for a denoising checkpoint (section 4.3, ``sde.kind: denoising``) they are denoise_ode
-and denoise_sde started at t*(sigma), sigma from the checkpoint's sampler options (or --sigma), which also
-caps the step count at t* (steps are reported as the network evaluations actually made).
+(``data.task`` of its stored config) at each of its step counts, and the PSNR/SSIM of the restored and of the
+degraded images are computed with the suite's paper-convention metrics. A sampler is a name of
+irsde.samplers.SAMPLERS, and for the few-step MR solvers (irsde/mr_sampler.py) optionally ``name:order``
+(mr_ode:1..3, mr_sde:1..2; their grid is --grid, default the solver's, logsnr).
+
+Defaults, per kind of checkpoint (``--steps`` replaces every step list):
+* IR-SDE: the official posterior sampler at 100/50/25/10/5 steps; the Euler sde/ode samplers and mr_ode:1-3,
+  mr_sde:1-2 at 20/10/5;
+* denoising (section 4.3, ``sde.kind: denoising``): denoise_ode, denoise_sde and the MR solvers at 20/10/5/2,
+  all started at t*(sigma), sigma from the checkpoint's sampler options (or --sigma), which also caps the step
+  count at t* (steps are reported as the network evaluations actually made).
 Image i is restored with a generator seeded ``seed + i`` (as evaluate.py does), so every sampler and step
-count starts from the same noise. Writes the JSON (--out), a PSNR-vs-steps plot (--plot, PNG, matplotlib)
-and prints a markdown table.
+count starts from the same noise. Writes the JSON (--out: per-image and mean PSNR/SSIM per sampler:order and step
+count), a PSNR-vs-steps plot with one line per sampler:order (--plot, PNG, matplotlib) and prints a markdown
+table with one row per sampler:order.
 """
 from __future__ import annotations
 
@@ -43,9 +50,15 @@ from benchmarks.plots import line_plot
 
 SAMPLER_NAMES = ("sde", "ode", "posterior")
 DENOISE_SAMPLER_NAMES = ("denoise_ode", "denoise_sde")
-DEFAULT_STEPS = [100, 50, 25, 10]
-# A denoising run starts at t*(sigma) (22 of 100 for the demo's sigma 25): smaller counts fill the curve.
-DEFAULT_DENOISE_STEPS = [100, 50, 25, 10, 5, 2]
+MR_ORDERS = {"mr_ode": (1, 2, 3), "mr_sde": (1, 2)}  # irsde/mr_sampler.py: for both kinds of checkpoint
+MR_DEFAULTS = [f"{name}:{order}" for name, orders in MR_ORDERS.items() for order in orders]
+FEW_STEPS = [20, 10, 5]
+# (sampler[:order], step counts) for an IR-SDE checkpoint: the official posterior sampler over the whole range.
+DEFAULT_PLAN = [("posterior", [100, 50, 25, 10, 5]), ("sde", FEW_STEPS), ("ode", FEW_STEPS),
+                *[(label, FEW_STEPS) for label in MR_DEFAULTS]]
+# A denoising run starts at t*(sigma) (22 of 100 for the demo's sigma 25): counts above t* are capped to it.
+DENOISE_STEPS = [20, 10, 5, 2]
+DEFAULT_DENOISE_PLAN = [(label, DENOISE_STEPS) for label in (*DENOISE_SAMPLER_NAMES, *MR_DEFAULTS)]
 # The demo checkpoint(s) the suite ships: the first that exists is the default.
 DEFAULT_CKPTS = (REPO_ROOT / "assets" / "irsde_demo_rain.ckpt",
                  REPO_ROOT / "assets" / "irsde_demo_denoise.ckpt")
@@ -74,23 +87,49 @@ def load_test_images(task: str, image_size: int, max_images: int | None) -> list
     return [dataset[i] for i in range(len(dataset))]
 
 
+def parse_sampler(label: str) -> tuple[str, int | None]:
+    """"name" or "name:order" (MR solvers only) -> (name, order or None); ValueError naming what is valid."""
+    from irsde.samplers import SAMPLERS
+
+    name, _, order = label.partition(":")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r} in {label!r}; valid: {', '.join(SAMPLERS)}")
+    if not order:
+        return name, None
+    if name not in MR_ORDERS:
+        raise ValueError(f"{label!r}: only the MR solvers ({', '.join(MR_ORDERS)}) take an :order")
+    if not order.isdigit() or int(order) not in MR_ORDERS[name]:
+        raise ValueError(f"{label!r}: {name} orders are {', '.join(map(str, MR_ORDERS[name]))}")
+    return name, int(order)
+
+
+def sampler_options(label: str, options: dict[str, Any], grid: str | None = None) -> dict[str, Any]:
+    """The restorer options of one sampler[:order] over the checkpoint-wide ones (sigma when denoising)."""
+    name, order = parse_sampler(label)
+    extra = {"order": order, "grid": grid} if name in MR_ORDERS else {}
+    return {"sampler": name, **options, **{k: v for k, v in extra.items() if v is not None}}
+
+
 def score_sampler(module: Any, items: list[dict[str, Any]], sampler: str, steps: int, seed: int,
                   device: torch.device, bf16: bool, y_channel: bool, crop: int,
-                  options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Restore every image with one sampler setting through the one evaluation loop (core.evaluation, as
-    evaluate.py); per-image and mean PSNR/SSIM of the outputs and of the inputs, seconds per image."""
+                  options: dict[str, Any] | None = None, grid: str | None = None) -> dict[str, Any]:
+    """Restore every image with one sampler setting (``sampler`` may be "mr_ode:3") through the one evaluation
+    loop (core.evaluation, as evaluate.py); per-image and mean PSNR/SSIM of the outputs and of the inputs, seconds
+    per image."""
     from torch.utils.data import default_collate
 
     from core.evaluation import ImageMetrics, evaluate
     from core.restorer import build_restorer
 
-    restorer = build_restorer(module, {"sampler": sampler, "steps": steps, **(options or {})})
+    opts = sampler_options(sampler, options or {}, grid)
+    restorer = build_restorer(module, {**opts, "steps": steps})
     metrics = ImageMetrics(y_channel, crop)
     evaluate(restorer, [default_collate([item]) for item in items], metrics, device, seed=seed,
              precision="bf16" if bf16 else None, progress=False)
     rows = metrics.per_image()
     summary = metrics.summary(rows)
-    return {"sampler": sampler, "steps": steps, "nfe": restorer.nfe(), "psnr": summary["psnr"],
+    return {"label": sampler, "sampler": opts["sampler"], "order": opts.get("order"), "grid": opts.get("grid"),
+            "steps": steps, "nfe": restorer.nfe(), "psnr": summary["psnr"],
             "ssim": summary["ssim"], "seconds_per_image": summary["seconds"],
             "per_image_psnr": [r["psnr"] for r in rows], "per_image_ssim": [r["ssim"] for r in rows],
             "input": {"psnr": summary["psnr_input"], "ssim": summary["ssim_input"],
@@ -101,7 +140,7 @@ def score_sampler(module: Any, items: list[dict[str, Any]], sampler: str, steps:
 def format_table(result: dict[str, Any]) -> str:
     steps = sorted({r["steps"] for r in result["results"]}, reverse=True)
     header = ["PSNR / SSIM", *[f"{s} steps" for s in steps]]
-    cells = {(r["sampler"], r["steps"]): f"{r['psnr']:.2f} / {r['ssim']:.4f}" for r in result["results"]}
+    cells = {(r["label"], r["steps"]): f"{r['psnr']:.2f} / {r['ssim']:.4f}" for r in result["results"]}
     rows = [[name, *[cells.get((name, s), "-") for s in steps]] for name in result["settings"]["samplers"]]
     if result["input"] is not None:
         value = f"{result['input']['psnr']:.2f} / {result['input']['ssim']:.4f}"
@@ -112,7 +151,7 @@ def format_table(result: dict[str, Any]) -> str:
 def write_plot(path: Path, result: dict[str, Any]) -> Path:
     series = {}
     for name in result["settings"]["samplers"]:
-        points = [(r["steps"], r["psnr"]) for r in result["results"] if r["sampler"] == name]
+        points = [(r["steps"], r["psnr"]) for r in result["results"] if r["label"] == name]
         series[name] = sorted(p for p in points if math.isfinite(p[1]))
     references = {"degraded input": result["input"]["psnr"]} if result["input"] is not None else {}
     title = f"IR-SDE on demo-{result['task']} ({result['num_images']} images): PSNR vs sampler steps"
@@ -128,10 +167,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"{', '.join(str(p.relative_to(REPO_ROOT)) for p in DEFAULT_CKPTS)})")
     parser.add_argument("--quick", action="store_true", help="2 images, steps 5 and 2: smoke test only")
     parser.add_argument("--steps", type=int, nargs="+",
-                        help=f"step counts (default {DEFAULT_STEPS}; denoising {DEFAULT_DENOISE_STEPS})")
-    parser.add_argument("--samplers", nargs="+", choices=SAMPLER_NAMES + DENOISE_SAMPLER_NAMES,
-                        help=f"default {' '.join(SAMPLER_NAMES)} ({' '.join(DENOISE_SAMPLER_NAMES)} "
-                             f"for a denoising checkpoint)")
+                        help=f"step counts of every sampler (default: posterior {DEFAULT_PLAN[0][1]}, the others "
+                             f"{FEW_STEPS}; denoising {DENOISE_STEPS})")
+    parser.add_argument("--samplers", nargs="+", metavar="NAME[:ORDER]",
+                        help=f"samplers, the MR solvers with an order, e.g. posterior ode mr_ode:3 mr_sde:2 (default "
+                             f"{' '.join(label for label, _ in DEFAULT_PLAN)}; denoising: "
+                             f"{' '.join(label for label, _ in DEFAULT_DENOISE_PLAN)})")
+    parser.add_argument("--grid", choices=("logsnr", "uniform"), help="time grid of the MR solvers (default logsnr)")
     parser.add_argument("--sigma", type=float, help="noise std for the denoising samplers (default: ckpt's)")
     parser.add_argument("--max-images", type=int, help="first N test images (default all; --quick: 2)")
     parser.add_argument("--seed", type=int, default=0)
@@ -142,6 +184,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.steps is not None and min(args.steps) < 1:
         parser.error("--steps must be positive")
+    for label in args.samplers or []:
+        try:
+            parse_sampler(label)
+        except ValueError as error:
+            parser.error(str(error))
     if args.quick:
         args.steps = args.steps or [5, 2]
         args.max_images = args.max_images or 2
@@ -150,23 +197,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sampler_plan(module: Any, args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, Any]]:
-    """(samplers, requested step counts, extra restore options) for this checkpoint's kind of SDE."""
+def sampler_plan(module: Any, args: argparse.Namespace) -> tuple[list[tuple[str, list[int]]], dict[str, Any]]:
+    """([(sampler[:order], requested step counts)], extra restore options) for this checkpoint's kind of SDE."""
     from irsde.sde import DenoisingIRSDE
 
     if isinstance(module.sde, DenoisingIRSDE):
         sigma = args.sigma if args.sigma is not None else module.sampler_options.get("sigma")
         if sigma is None:
             raise SystemExit("a denoising checkpoint needs its noise level: pass --sigma (0-255 units)")
-        names, steps, options = DENOISE_SAMPLER_NAMES, DEFAULT_DENOISE_STEPS, {"sigma": sigma}
+        plan, options, own = DEFAULT_DENOISE_PLAN, {"sigma": sigma}, DENOISE_SAMPLER_NAMES
     else:
-        names, steps, options = SAMPLER_NAMES, DEFAULT_STEPS, {}
-    names = args.samplers or list(names)
-    wrong = [n for n in names if (n in DENOISE_SAMPLER_NAMES) != bool(options)]
+        plan, options, own = DEFAULT_PLAN, {}, SAMPLER_NAMES
+    if args.samplers:
+        defaults = dict(plan)
+        plan = [(label, defaults.get(label, DENOISE_STEPS if options else FEW_STEPS)) for label in args.samplers]
+    if args.steps:
+        plan = [(label, list(args.steps)) for label, _ in plan]
+    wrong = [label for label, _ in plan if parse_sampler(label)[0] not in (*own, *MR_ORDERS)]
     if wrong:
         kind = "denoising" if options else "IR-SDE"
         raise SystemExit(f"sampler(s) {', '.join(wrong)} do not apply to this {kind} checkpoint")
-    return list(names), args.steps or steps, options
+    return [(label, sorted(set(steps), reverse=True)) for label, steps in dict(plan).items()], options
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -183,17 +234,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     image_size = int(cfg.data.get("image_size", 128))
     y_channel, crop = metric_convention(cfg.data, task)
     items = load_test_images(task, image_size, args.max_images)
-    names, requested, options = sampler_plan(module, args)
+    plan, options = sampler_plan(module, args)
     torch.manual_seed(args.seed)  # anything drawn outside the per-image generators stays reproducible too
 
-    runs = []
-    for name in names:
+    runs, capped = [], {}
+    for label, requested in plan:
         # A sampler never takes more steps than it has timesteps (T, or t* when denoising): clip, then drop
         # the duplicates that clipping makes.
-        most = build_restorer(module, {"sampler": name, **options}).nfe()
-        for steps in sorted({min(s, most) for s in requested}, reverse=True):
-            runs.append(score_sampler(module, items, name, steps, args.seed, device, args.precision == "bf16",
-                                      y_channel, crop, options))
+        most = build_restorer(module, sampler_options(label, options, args.grid)).nfe()
+        capped[label] = sorted({min(s, most) for s in requested}, reverse=True)
+        for steps in capped[label]:
+            runs.append(score_sampler(module, items, label, steps, args.seed, device, args.precision == "bf16",
+                                      y_channel, crop, options, args.grid))
+    names = [label for label, _ in plan]
     result: dict[str, Any] = {
         "benchmark": "irsde_quality",
         "checkpoint": str(args.ckpt),
@@ -201,7 +254,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "network": build_restorer(module, options).describe(),
         "num_images": len(items),
         "images": [str(item["name"]) for item in items],
-        "settings": {"samplers": names, "requested_steps": sorted(requested, reverse=True), "T": module.sde.T,
+        "settings": {"samplers": names,
+                     "requested_steps": sorted({s for _, steps in plan for s in steps}, reverse=True),
+                     "steps_per_sampler": capped, "mr_grid": args.grid or "logsnr", "T": module.sde.T,
                      "sampler_options": options, "seed": args.seed, "image_size": image_size,
                      "precision": args.precision,
                      "metrics": {"y_channel": y_channel, "crop_border": crop, "quantised_8bit": True}},

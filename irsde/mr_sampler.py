@@ -43,10 +43,39 @@ order. Each sampler evaluates the network once per step: NFE = steps = len(times
 Continuous times: pass ``times`` (a decreasing list of floats) and an sde object with methods ``alpha(t)`` and
 ``sigma(t)`` (plus ``noisy_start`` and ``model_condition``): alpha, sigma are then read from those and the model
 gets t as a float tensor. This is how the tests measure the convergence order on an exactly uniform lambda grid;
-``times`` may also end at a positive time (no final denoise; the state there is returned).
+``times`` may also end at a positive time (no final denoise; the state there is returned). Such an object with
+``denoising = True`` (and ``max_sigma``) is sampled as the denoising variant below, from ``mu`` at times[0].
 
-The denoising variant (``DenoisingIRSDE``) reverts to the unknown clean image, so y = x - mu is not available;
-these samplers reject it.
+The denoising variant (``DenoisingIRSDE``, paper section 4.3): the level is the clean image itself (mu = x0), so
+
+    x_t = x0 + sigma_t eps,    alpha_t = 1,    sigma_t = sigma_bar_t = lam sqrt(1 - e^{-2 u_t}),
+
+(``DenoisingIRSDE.mu_bar`` is x0, ``x0_from_noise`` is x_t - sigma_bar eps): a variance-exploding process in x
+itself (y = x, no level to subtract), lambda_t = -log sigma_bar_t, data prediction x0_hat = x_t - sigma_t eps_hat.
+The noisy input is the state at t*(sigma) (``DenoisingIRSDE.optimal_timestep``), where these samplers start, as
+``irsde.samplers.denoise_ode`` / ``denoise_sde`` do: pass ``sigma`` (0..255 or [0, 1] units, ``to_unit_sigma``)
+and the noisy image as ``mu``; steps = min(steps, t*) network evaluations (none when t* = 0: the input is
+returned), on the grid above between t* and 0. The network's condition is ``sde.model_condition(x_t, None)``
+(= x_t, as in ``_denoise``).
+
+* ODE: the official denoising ODE dx = lam^2 e^{-2u} score du (``ode_reverse_drift``) is the probability-flow ODE
+  of this VE process (d sigma_bar^2 / du = 2 lam^2 e^{-2u}), so mr_ode is DPM-Solver++ for VE, the formulas above
+  with alpha = 1. Order 1 is DDIM, x_s = x_t - (sigma_t - sigma_s) eps_hat; ``denoise_ode`` is Euler in u on the
+  same ODE, x_s = x_t - lam^2 e^{-2 u_t} (u_t - u_s) eps_hat / sigma_t: the first-order Taylor expansion in u of
+  sigma_t - sigma_s, so the two agree to O(du^2) per step, not exactly. With alpha = 1 nothing damps the O(h^2)
+  local error of the first-order warm-up step (on IR-SDE alpha_T = 0.005 does), so on lambda-uniform grids the
+  3M solver is globally second order here; it is third order once the warm-up steps are shorter (tests).
+* SDE: the official denoising reverse SDE (``DenoisingIRSDE.sde_reverse_drift`` / ``dispersion``) is not the
+  standard reverse SDE of the VE process: with v = sigma_bar^2 it reads dx = -(1 + eta^2)/2 score dv + eta dw,
+  eta^2 = e^{2u} = lam^2 / (lam^2 - v) (more noise than VE's eta = 1). Its linear part is solved exactly with the
+  integrating factor Phi = v / sqrt(lam^2 - v); on the clock tau = -log Phi = -2 log sigma + log(lam^2 - sigma^2)/2
+  (H = tau_s - tau_t) the update is the SDE-DPM-Solver++ form with rate 1:
+
+      x_s = e^{-H} x_t + (1 - e^{-H}) D_0 [+ (H - 1 + e^{-H}) (D_0 - D_{-1}) / H_0] + std z,
+      std = (sigma_s / sigma_t) lam sqrt((sigma_t^2 - sigma_s^2) / (lam^2 - sigma_s^2)),
+
+  whose order 1 is the exact Gaussian posterior of the OU process that reverts to x0 (``reverse_optimum_step`` /
+  ``reverse_optimum_std`` with x0_hat), like mr_sde order 1 on IR-SDE; order 2 takes D linear in tau.
 """
 
 from __future__ import annotations
@@ -73,13 +102,22 @@ def _continuous(sde) -> bool:
     return callable(getattr(sde, "alpha", None))
 
 
+def _denoising(sde) -> bool:
+    """The section-4.3 variant: x_t = x0 + sigma_t eps, sampled from the noisy input at t* (no level mu)."""
+    return isinstance(sde, DenoisingIRSDE) or bool(getattr(sde, "denoising", False))
+
+
 def alpha_sigma(sde, t: float) -> tuple[float, float]:
-    """(alpha_t, sigma_t): from ``sde.alpha`` / ``sde.sigma`` when it has them, else the IRSDE tables at integer t."""
+    """(alpha_t, sigma_t): from ``sde.alpha`` / ``sde.sigma`` when it has them, else the IRSDE tables at integer t
+    (alpha = e^{-u_t} for IRSDE, 1 for DenoisingIRSDE; sigma = sigma_bar_t for both)."""
     if _continuous(sde):
         return float(sde.alpha(t)), float(sde.sigma(t))
     if t != int(t):
         raise ValueError(f"IR-SDE tables are defined at integer timesteps, got t={t}")
-    return math.exp(-float(sde.elapsed[int(t)])), float(sde.sigma_bars[int(t)])
+    sigma = float(sde.sigma_bars[int(t)])
+    if isinstance(sde, DenoisingIRSDE):
+        return 1.0, sigma
+    return math.exp(-float(sde.elapsed[int(t)])), sigma
 
 
 def log_snr(alpha: float, sigma: float) -> float:
@@ -87,15 +125,18 @@ def log_snr(alpha: float, sigma: float) -> float:
     return math.log(alpha / sigma) if sigma > 0 else math.inf
 
 
-def mr_timesteps(sde: IRSDE, steps: int, grid: str = "logsnr") -> list[int]:
-    """Decreasing integer timesteps T = t_K > ... > t_1 > t_0 = 0 (K = steps network evaluations, at t_K..t_1).
+def mr_timesteps(sde: IRSDE, steps: int, grid: str = "logsnr", start: int | None = None) -> list[int]:
+    """Decreasing integer timesteps T = t_K > ... > t_1 > t_0 = 0 (K = steps network evaluations, at t_K..t_1);
+    ``start`` (default sde.T) replaces T, e.g. t*(sigma) for the denoising variant.
 
     "logsnr": t_K..t_1 uniform in lambda from lambda_T to lambda_1 (so t_1 = 1), each the nearest integer to the
     time of that lambda (linear interpolation of t in lambda), then nudged apart where rounding made two equal.
     "uniform": evenly spaced in t, ``irsde.samplers.timestep_grid(T, steps)``."""
-    T = sde.T
+    T = sde.T if start is None else int(start)
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid: {', '.join(GRIDS)}")
+    if not 1 <= T <= sde.T:
+        raise ValueError(f"start must be in 1..{sde.T}, got {T}")
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T}, got {steps}")
     if grid == "uniform":
@@ -158,20 +199,75 @@ def sde_step(y, d0, d1, h: float, h0: float | None, ratio: float, alpha_s: float
     return out
 
 
+def denoise_clock(sigma: float, max_sigma: float) -> float:
+    """tau = -log Phi, Phi = sigma^2 / sqrt(lam^2 - sigma^2): the clock on which the official denoising reverse SDE
+    has rate 1 (+inf at sigma = 0)."""
+    if sigma <= 0:
+        return math.inf
+    return -2 * math.log(sigma) + 0.5 * math.log(max_sigma**2 - sigma**2)
+
+
+def denoise_sde_std(sigma_t: float, sigma_s: float, max_sigma: float) -> float:
+    """Std of the exact solution over one step: (sigma_s/sigma_t) lam sqrt((sigma_t^2 - sigma_s^2)/(lam^2 - sigma_s^2)),
+    the posterior std of the OU process that reverts to x0 (``IRSDE.reverse_optimum_std``)."""
+    return sigma_s / sigma_t * max_sigma * math.sqrt((sigma_t**2 - sigma_s**2) / (max_sigma**2 - sigma_s**2))
+
+
+def denoise_sde_step(x, d0, d1, H: float, H0: float | None, std: float, z) -> Tensor:
+    """The official denoising reverse SDE, linear part exact, D constant (d1 None) or linear in tau (2M):
+    x_s = e^{-H} x_t + (1 - e^{-H}) D_0 [+ (H - 1 + e^{-H}) (D_0 - D_{-1}) / H_0] + std z."""
+    one_m = -math.expm1(-H)
+    out = math.exp(-H) * x + one_m * d0 + std * z
+    if d1 is not None:
+        out = out + ((H - one_m) / H0) * (d0 - d1)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- samplers
-def _setup(sde, mu, steps, grid, times, x_T, generator):
-    if isinstance(sde, DenoisingIRSDE):
-        raise TypeError("MR samplers need the level mu of an IRSDE; DenoisingIRSDE reverts to the unknown x0")
-    if times is None:
-        times = mr_timesteps(sde, sde.T if steps is None else steps, grid)
-    elif steps is not None and steps != len(times) - 1:
-        raise ValueError(f"steps={steps} but {len(times) - 1} intervals in times")
-    times = list(times)
-    if len(times) < 2 or any(a <= b for a, b in zip(times[:-1], times[1:])):
-        raise ValueError(f"times must be strictly decreasing with at least 2 entries, got {times}")
-    x = sde.noisy_start(mu, generator) if x_T is None else x_T.clone()
-    coeffs = [alpha_sigma(sde, t) for t in times]
-    return times, coeffs, x
+class _Run:
+    """What both samplers share: the times, (alpha, sigma) at each, the start state and how to call the model.
+
+    IR-SDE: y = x - mu from x_T (``noisy_start`` unless given), the model conditioned on mu. Denoising variant: y = x
+    from the noisy input ``mu`` at t*(sigma) (or at times[0]), the model conditioned on ``model_condition(x, None)``.
+    """
+
+    def __init__(self, sde, mu, steps, grid, times, x_T, generator, sigma):
+        self.sde, self.denoising = sde, _denoising(sde)
+        if self.denoising:
+            if x_T is not None:
+                raise ValueError("the denoising variant starts from the noisy input itself (passed as mu), not x_T")
+            if times is None:
+                if sigma is None:
+                    raise ValueError("the denoising variant needs the input's noise level: sigma=25 (0..255 units)")
+                start = sde.optimal_timestep(sigma)
+                if steps is not None and steps < 1:
+                    raise ValueError(f"steps must be >= 1, got {steps}")
+                # Like denoise_ode / denoise_sde: never more steps than t*; t* = 0 takes none.
+                steps = start if steps is None else min(steps, start)
+                times = mr_timesteps(sde, steps, grid, start=start) if start > 0 else [0]
+            elif sigma is not None:
+                raise ValueError("pass sigma (start at t*(sigma)) or times, not both")
+        elif sigma is not None:
+            raise ValueError("sigma= is for the denoising variant (DenoisingIRSDE); IR-SDE starts at T from mu")
+        if times is None:
+            times = mr_timesteps(sde, sde.T if steps is None else steps, grid)
+        elif steps is not None and steps != len(times) - 1:
+            raise ValueError(f"steps={steps} but {len(times) - 1} intervals in times")
+        times = list(times)
+        if times != [0] and (len(times) < 2 or any(a <= b for a, b in zip(times[:-1], times[1:]))):
+            raise ValueError(f"times must be strictly decreasing with at least 2 entries, got {times}")
+        self.times = times
+        self.coeffs = [alpha_sigma(sde, t) for t in times]
+        if self.denoising:
+            self.level, self.cond, x = 0.0, None, mu.clone()
+        else:
+            self.level, self.cond = mu, mu
+            x = sde.noisy_start(mu, generator) if x_T is None else x_T.clone()
+        self.y = x - self.level
+
+    def eps(self, model: Model, y: Tensor, t: float) -> Tensor:
+        x = y + self.level
+        return model(x, self.sde.model_condition(x, self.cond), _model_time(self.sde, t, y))
 
 
 def _model_time(sde, t: float, x: Tensor) -> Tensor:
@@ -203,19 +299,21 @@ def mr_ode(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callback | None = None,
+    sigma: float | None = None,
 ) -> Tensor:
     """MR Sampler-ODE = multistep DPM-Solver++(order) with data prediction on the probability-flow ODE in y.
 
     Orders 2 and 3 warm up with lower orders on the first steps (no earlier predictions yet); the step onto t = 0
-    is the first-order limit x0_hat. ``callback(i, s, x)`` as in irsde/samplers.py. ``generator`` only draws x_T."""
+    is the first-order limit x0_hat. ``callback(i, s, x)`` as in irsde/samplers.py. ``generator`` only draws x_T.
+    DenoisingIRSDE: ``mu`` is the noisy image, ``sigma`` its noise level; the run starts at t*(sigma) (module doc)."""
     if order not in (1, 2, 3):
         raise ValueError(f"mr_ode order must be 1, 2 or 3, got {order}")
-    times, coeffs, x = _setup(sde, mu, steps, grid, times, x_T, generator)
-    y = x - mu
+    run = _Run(sde, mu, steps, grid, times, x_T, generator, sigma)
+    times, coeffs, y = run.times, run.coeffs, run.y
     lams, preds = [], []  # log-SNR and data prediction at every evaluated time, most recent last
     for i, (t, s) in _pairs(times, progress, f"MR-ODE-{order}"):
         (alpha_t, sigma_t), (alpha_s, sigma_s) = coeffs[i], coeffs[i + 1]
-        eps = model(y + mu, sde.model_condition(y + mu, mu), _model_time(sde, t, y))
+        eps = run.eps(model, y, t)
         lams.append(log_snr(alpha_t, sigma_t))
         preds.append(data_prediction(y, eps, alpha_t, sigma_t))
         lams, preds = lams[-order:], preds[-order:]
@@ -231,8 +329,8 @@ def mr_ode(
                 h0, h1 = lams[-1] - lams[-2], lams[-2] - lams[-3]
                 y = ode_step_3(y, preds[-1], preds[-2], preds[-3], h, h0, h1, ratio, alpha_s)
         if callback is not None:
-            callback(i, s, y + mu)
-    return y + mu
+            callback(i, s, y + run.level)
+    return y + run.level
 
 
 @torch.no_grad()
@@ -248,33 +346,45 @@ def mr_sde(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callback | None = None,
+    sigma: float | None = None,
 ) -> Tensor:
     """MR Sampler-SDE = multistep SDE-DPM-Solver++(order), data prediction, fresh N(0, 1) noise from ``generator``
     on every step that does not land on sigma = 0 (order 2 warms up with one first-order step).
 
     Order 1 is exactly the posterior sampler (irsde.samplers.reverse_posterior): the step's mean is E[y_s | y_t,
     y0_hat] and its noise std sigma_s sqrt(1 - e^{-2h}) the posterior std, so on the same grid and generator both
-    give the same samples."""
+    give the same samples. DenoisingIRSDE (``mu`` the noisy image, ``sigma`` its noise level, start at t*): the
+    exponential integrator of the official denoising reverse SDE on its clock tau (module doc); order 1 is again
+    the posterior step of its forward process, with x0_hat for the unknown x0."""
     if order not in (1, 2):
         raise ValueError(f"mr_sde order must be 1 or 2, got {order}")
-    times, coeffs, x = _setup(sde, mu, steps, grid, times, x_T, generator)
-    y = x - mu
-    lams, preds = [], []
+    run = _Run(sde, mu, steps, grid, times, x_T, generator, sigma)
+    times, coeffs, y = run.times, run.coeffs, run.y
+    # IR-SDE: the clock is lambda (the step's rate is 2 in it); denoising: tau, rate 1.
+    max_sigma = float(sde.max_sigma) if run.denoising else None
+    clocks, preds = [], []
     for i, (t, s) in _pairs(times, progress, f"MR-SDE-{order}"):
         (alpha_t, sigma_t), (alpha_s, sigma_s) = coeffs[i], coeffs[i + 1]
-        eps = model(y + mu, sde.model_condition(y + mu, mu), _model_time(sde, t, y))
-        lams.append(log_snr(alpha_t, sigma_t))
+        eps = run.eps(model, y, t)
+        clocks.append(denoise_clock(sigma_t, max_sigma) if run.denoising else log_snr(alpha_t, sigma_t))
         preds.append(data_prediction(y, eps, alpha_t, sigma_t))
-        lams, preds = lams[-order:], preds[-order:]
+        clocks, preds = clocks[-order:], preds[-order:]
         if sigma_s == 0:
             y = alpha_s * preds[-1]
+            if callback is not None:
+                callback(i, s, y + run.level)
+            continue
+        d1, h0 = (preds[-2], clocks[-1] - clocks[-2]) if len(preds) == 2 else (None, None)
+        z = randn_like(y, generator)
+        if run.denoising:
+            H = denoise_clock(sigma_s, max_sigma) - clocks[-1]
+            y = denoise_sde_step(y, preds[-1], d1, H, h0, denoise_sde_std(sigma_t, sigma_s, max_sigma), z)
         else:
-            h, ratio = log_snr(alpha_s, sigma_s) - lams[-1], sigma_s / sigma_t
-            d1, h0 = (preds[-2], lams[-1] - lams[-2]) if len(preds) == 2 else (None, None)
-            y = sde_step(y, preds[-1], d1, h, h0, ratio, alpha_s, sigma_s, randn_like(y, generator))
+            h, ratio = log_snr(alpha_s, sigma_s) - clocks[-1], sigma_s / sigma_t
+            y = sde_step(y, preds[-1], d1, h, h0, ratio, alpha_s, sigma_s, z)
         if callback is not None:
-            callback(i, s, y + mu)
-    return y + mu
+            callback(i, s, y + run.level)
+    return y + run.level
 
 
-MR_SAMPLERS = {"mr_ode": mr_ode, "mr_sde": mr_sde}  # order= and grid= are options of both
+MR_SAMPLERS = {"mr_ode": mr_ode, "mr_sde": mr_sde}  # order= and grid= are options of both (sigma= when denoising)

@@ -9,12 +9,13 @@ from core.errors import ConfigError
 from core.nn import count_parameters
 from core.restorer import Restorer
 from irsde import samplers
-from irsde.sde import IRSDE
+from irsde.sde import IRSDE, DenoisingIRSDE
 
 
 class IRSDERestorer(Restorer):
     """sampler: a name of irsde.samplers.SAMPLERS; steps: network evaluations (None = T, or t*(sigma) for the
-    denoising samplers); sigma: the noise level of the input for the denoising samplers (0..255 units);
+    denoising samplers); sigma: the noise level of the input for the denoising samplers and for mr_ode / mr_sde
+    on a denoising checkpoint (0..255 units);
     tile/overlap: run every network evaluation on overlapping tiles (the sampler state stays whole, so the noise
     is seamless); clip_x0: posterior only, clamp the x0 estimate (not official); order / grid: the mr_ode (1-3)
     and mr_sde (1-2) solvers' order and time grid (logsnr | uniform), irsde/mr_sampler.py."""
@@ -25,7 +26,10 @@ class IRSDERestorer(Restorer):
                  progress: bool = False) -> None:
         if sampler not in samplers.SAMPLERS:
             raise ConfigError(f"sampler={sampler}: IR-SDE samplers are {', '.join(samplers.SAMPLERS)}")
-        self.denoising = sampler.startswith("denoise")
+        # section 4.3: the samplers that start at t*(sigma) from the noisy input (denoise_*, and the MR solvers on
+        # a denoising checkpoint) need sigma and take at most t* steps
+        mr_on_denoising = sampler.startswith("mr_") and isinstance(sde, DenoisingIRSDE)
+        self.denoising = sampler.startswith("denoise") or mr_on_denoising
         if self.denoising and sigma is None:
             raise ConfigError(f"sampler={sampler} needs the noise level of the input: sigma=25 (0..255 units)")
         self.net, self.sde, self.sampler = net, sde, sampler

@@ -125,23 +125,31 @@ def demo_items(task: str, count: int) -> list[dict]:
     return [dataset[i] for i in range(count)]
 
 
+MR_LABELS = ("mr_ode:1", "mr_ode:2", "mr_ode:3", "mr_sde:1", "mr_sde:2")
+
+
 def test_quality_quick_irsde(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from benchmarks import irsde_quality
     from core.loading import module_from_checkpoint
+    from irsde.mr_sampler import mr_ode
     from irsde.samplers import reverse_posterior
 
     ckpt = save_untrained_checkpoint(tmp_path / "rain.ckpt", RAIN)
     out, plot = tmp_path / "quality.json", tmp_path / "quality.png"
     irsde_quality.main(["--quick", "--ckpt", str(ckpt), "--out", str(out), "--plot", str(plot)])
     printed = capsys.readouterr().out
-    assert "| posterior" in printed and "degraded input" in printed
+    assert "| posterior" in printed and "| mr_ode:3" in printed and "degraded input" in printed
     data = json.loads(out.read_text())
 
     assert data["task"] == "rain" and data["num_images"] == 2
     assert data["settings"]["requested_steps"] == [5, 2] and data["settings"]["metrics"]["crop_border"] == 0
-    cells = {(r["sampler"], r["steps"]): r for r in data["results"]}
-    assert set(cells) == {(s, n) for s in ("sde", "ode", "posterior") for n in (5, 2)}
-    for row in cells.values():
+    labels = ("posterior", "sde", "ode", *MR_LABELS)  # the default plan, one row per sampler:order
+    assert data["settings"]["samplers"] == list(labels)
+    cells = {(r["label"], r["steps"]): r for r in data["results"]}
+    assert set(cells) == {(s, n) for s in labels for n in (5, 2)}
+    for (label, _), row in cells.items():
+        name, _, order = label.partition(":")
+        assert row["sampler"] == name and row["order"] == (int(order) if order else None)
         assert row["nfe"] == row["steps"]
         assert len(row["per_image_psnr"]) == 2 and row["seconds_per_image"] > 0
         assert math.isfinite(row["psnr"]) and row["psnr"] > 0
@@ -160,33 +168,86 @@ def test_quality_quick_irsde(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     restored = reverse_posterior(module.sde, module.eval_net, item["lq"][None], steps=2, generator=generator)
     expected = numpy_psnr(restored[0].clamp(0, 1), item["gt"])
     assert cells[("posterior", 2)]["per_image_psnr"][1] == pytest.approx(expected, abs=1e-6)
+    # ... and with the third-order MR solver (its default logsnr grid), 5 steps: the order reached the sampler.
+    restored = mr_ode(module.sde, module.eval_net, item["lq"][None], steps=5, order=3,
+                      generator=torch.Generator().manual_seed(int(item["index"])))
+    expected = numpy_psnr(restored[0].clamp(0, 1), item["gt"])
+    assert cells[("mr_ode:3", 5)]["per_image_psnr"][1] == pytest.approx(expected, abs=1e-6)
 
     image = Image.open(plot).convert("RGB")
     colours = {c for _, c in image.getcolors(maxcolors=1_000_000)}
-    tab10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's C0, C1, C2
-    assert set(tab10) <= colours  # one line colour per sampler was drawn
+    # matplotlib's C0 .. C6 (C7 is grey, like the reference line): one line colour per sampler:order was drawn
+    tab10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+             (227, 119, 194)]
+    assert set(tab10) <= colours
 
 
 def test_quality_quick_denoising_caps_steps_at_t_star(tmp_path: Path):
     from benchmarks import irsde_quality
     from core.loading import module_from_checkpoint
+    from irsde.mr_sampler import mr_sde
     from irsde.samplers import denoise_ode
 
     ckpt = save_untrained_checkpoint(tmp_path / "noise.ckpt", [])
     out = tmp_path / "quality.json"
-    # t*(sigma 25) is 22 of T=100 for the demo SDE (max_sigma 70, eps 0.04): 50 and 30 both become 22 steps.
+    # t*(sigma 25) is 22 of T=100 for the demo SDE (max_sigma 70, eps 0.04): 50 and 30 both become 22 steps,
+    # for the MR solvers too (they start at t* from the noisy image like denoise_ode / denoise_sde).
     irsde_quality.main(["--quick", "--steps", "50", "30", "2", "--ckpt", str(ckpt), "--out", str(out)])
     data = json.loads(out.read_text())
 
     module, _ = module_from_checkpoint(ckpt)
     t_star = module.sde.optimal_timestep(25)
     assert data["task"] == "noise" and data["settings"]["sampler_options"] == {"sigma": 25}
-    cells = {(r["sampler"], r["steps"]): r for r in data["results"]}
-    assert set(cells) == {(s, n) for s in ("denoise_ode", "denoise_sde") for n in (t_star, 2)}
+    labels = ("denoise_ode", "denoise_sde", *MR_LABELS)
+    assert data["settings"]["steps_per_sampler"] == {label: [t_star, 2] for label in labels}
+    cells = {(r["label"], r["steps"]): r for r in data["results"]}
+    assert set(cells) == {(s, n) for s in labels for n in (t_star, 2)}
     assert all(row["nfe"] == row["steps"] for row in cells.values())
 
     item = demo_items("noise", 1)[0]
     restored = denoise_ode(module.sde, module.eval_net, item["lq"][None], sigma=25, steps=2)
     expected = numpy_psnr(restored[0].clamp(0, 1), item["gt"])
     assert cells[("denoise_ode", 2)]["per_image_psnr"][0] == pytest.approx(expected, abs=1e-6)
+    restored = mr_sde(module.sde, module.eval_net, item["lq"][None], sigma=25, steps=2, order=2,
+                      generator=torch.Generator().manual_seed(int(item["index"])))
+    expected = numpy_psnr(restored[0].clamp(0, 1), item["gt"])
+    assert cells[("mr_sde:2", 2)]["per_image_psnr"][0] == pytest.approx(expected, abs=1e-6)
     assert out.with_suffix(".png").is_file()
+
+
+def test_quality_sampler_labels_and_plans():
+    """name[:order] labels: only the MR solvers take an order, within their range; the plan per checkpoint kind,
+    --samplers / --steps over it, and samplers of the other kind rejected."""
+    from argparse import Namespace
+
+    from benchmarks import irsde_quality as q
+    from irsde.sde import IRSDE, DenoisingIRSDE
+
+    assert q.parse_sampler("mr_ode:3") == ("mr_ode", 3) and q.parse_sampler("posterior") == ("posterior", None)
+    for bad in ("ode:2", "mr_sde:3", "mr_ode:x", "ddim"):
+        with pytest.raises(ValueError):
+            q.parse_sampler(bad)
+        with pytest.raises(SystemExit):
+            q.parse_args(["--samplers", bad])
+    assert q.sampler_options("mr_sde:1", {"sigma": 25}, "uniform") == {"sampler": "mr_sde", "sigma": 25,
+                                                                       "order": 1, "grid": "uniform"}
+    assert q.sampler_options("denoise_ode", {"sigma": 25}, "uniform") == {"sampler": "denoise_ode", "sigma": 25}
+
+    class Module:  # what sampler_plan reads: the SDE's kind and the stored sampler options
+        def __init__(self, sde):
+            self.sde, self.sampler_options = sde, {"sigma": 25}
+
+    plain = Namespace(sigma=None, samplers=None, steps=None)
+    plan, options = q.sampler_plan(Module(IRSDE(10)), plain)
+    assert options == {} and plan[0] == ("posterior", [100, 50, 25, 10, 5])
+    assert plan[1:] == [(label, [20, 10, 5]) for label in ("sde", "ode", *MR_LABELS)]
+    plan, options = q.sampler_plan(Module(DenoisingIRSDE(70)), plain)
+    assert options == {"sigma": 25}
+    assert plan == [(label, [20, 10, 5, 2]) for label in ("denoise_ode", "denoise_sde", *MR_LABELS)]
+    chosen = Namespace(sigma=15, samplers=["mr_ode:2", "denoise_sde"], steps=[3, 7])
+    assert q.sampler_plan(Module(DenoisingIRSDE(70)), chosen) == ([("mr_ode:2", [7, 3]), ("denoise_sde", [7, 3])],
+                                                                  {"sigma": 15})
+    with pytest.raises(SystemExit):
+        q.sampler_plan(Module(DenoisingIRSDE(70)), Namespace(sigma=None, samplers=["posterior"], steps=None))
+    with pytest.raises(SystemExit):
+        q.sampler_plan(Module(IRSDE(10)), Namespace(sigma=None, samplers=["denoise_ode"], steps=None))

@@ -19,6 +19,10 @@ used for everything that compares with the suite's samplers.
 Every solver step is affine in the state plus Gaussian noise, so the exact law of a stochastic solver's output
 is A y_T + c + Σ_k B_k z_k. ``chain_law`` reads A, c and the B_k off the code itself by replacing its noise with
 unit impulses (one pixel per noise draw), which turns the weak-order check into a deterministic one.
+
+The denoising variant (DenoisingIRSDE, last section): x_t = x0 + σ̄_t ε, i.e. α ≡ 1, λ = -log σ̄. With
+x0 ~ N(M, S²) the noisy input x_{t*} ~ N(M, S² + σ̄_{t*}²), the exact predictor is ε̂ = σ (x - M) / (S² + σ²) and
+the probability-flow ODE (the official denoising ODE) keeps (x - M) / sqrt(S² + σ²) constant.
 """
 
 from __future__ import annotations
@@ -112,9 +116,11 @@ def lambda_grid(sched: ContinuousMR, steps: int, lam_end: float = 3.0) -> list[f
     return times
 
 
-def chain_law(monkeypatch, sampler, sde, model, start: tuple[float, float], **kw) -> tuple[float, float]:
+def chain_law(monkeypatch, sampler, sde, model, start: tuple[float, float], denoising: bool = False,
+              **kw) -> tuple[float, float]:
     """Exact (mean, variance) of the sampler's output y when y_T ~ N(start), its noise replaced by unit impulses:
-    pixel 0 starts at 0 (gives c), pixel 1 at 1 (gives A + c), pixel 2 + k receives the k-th noise draw (B_k)."""
+    pixel 0 starts at 0 (gives c), pixel 1 at 1 (gives A + c), pixel 2 + k receives the k-th noise draw (B_k).
+    ``denoising``: the state is x itself, passed as the noisy input (no level mu)."""
     n_draws = 330
     draws = []
 
@@ -129,7 +135,7 @@ def chain_law(monkeypatch, sampler, sde, model, start: tuple[float, float], **kw
     mu = torch.full_like(y_T, MU)
     with monkeypatch.context() as patch:
         patch.setattr(mrs, "randn_like", impulse)
-        y = sampler(sde, model, mu, x_T=mu + y_T, **kw) - MU
+        y = sampler(sde, model, y_T, **kw) if denoising else sampler(sde, model, mu, x_T=mu + y_T, **kw) - MU
     c, a = float(y[..., 0]), float(y[..., 1] - y[..., 0])
     b2 = float(((y[..., 2:] - c) ** 2).sum())
     assert len(draws) < n_draws
@@ -198,8 +204,17 @@ def test_float32_images_on_the_stored_tables_stay_float32_and_reproducible():
 
 def test_rejects_what_it_cannot_sample():
     mu = torch.zeros(1, 1, 2, 2)
-    with pytest.raises(TypeError, match="DenoisingIRSDE"):
-        mrs.mr_ode(DenoisingIRSDE(25, T=10), lambda x, c, t: x, mu, steps=2)
+    denoising = DenoisingIRSDE(70, T=10)
+    with pytest.raises(ValueError, match="noise level: sigma="):
+        mrs.mr_ode(denoising, lambda x, c, t: x, mu, steps=2)
+    with pytest.raises(ValueError, match="x_T"):
+        mrs.mr_sde(denoising, lambda x, c, t: x, mu, sigma=25, x_T=mu)
+    with pytest.raises(ValueError, match="exceeds"):
+        mrs.mr_ode(denoising, lambda x, c, t: x, mu, sigma=80)
+    with pytest.raises(ValueError, match="steps"):
+        mrs.mr_ode(denoising, lambda x, c, t: x, mu, sigma=25, steps=0)
+    with pytest.raises(ValueError, match="denoising variant"):
+        mrs.mr_ode(IRSDE(LAM, T=10), lambda x, c, t: x, mu, sigma=25)
     sde = IRSDE(LAM, T=10)
     with pytest.raises(ValueError, match="order"):
         mrs.mr_ode(sde, lambda x, c, t: x, mu, order=4)
@@ -384,3 +399,259 @@ def test_mr_sde_samples_follow_their_exact_law(order, steps, monkeypatch):
     mean, var = float(y.mean()), float(y.var())
     assert abs(var / exp_var - 1) < 5 * SE_VAR, f"Var {var:.6f} vs exact law {exp_var:.6f}"
     assert abs(mean - exp_mean) < 5 * math.sqrt(exp_var / N), f"mean {mean:.6f} vs exact law {exp_mean:.6f}"
+
+
+# ---------------------------------------------------------------------------------------------- denoising variant
+LAM_D, T_D, SIGMA_IN = 70 / 255, 100, 25  # the demo's DenoisingIRSDE (eps 0.04) and noise level: t* = 22
+
+
+class ContinuousDenoising:
+    """The denoising variant on continuous times: α = 1, σ(t) = λ sqrt(1 - e^{-2Ut}), e^{-U} = 0.04 as trained."""
+
+    denoising = True
+    max_sigma = LAM_D
+    U = -math.log(0.04)
+
+    def alpha(self, t: float) -> float:
+        return 1.0
+
+    def sigma(self, t: float) -> float:
+        return LAM_D * math.sqrt(-math.expm1(-2 * self.U * t))
+
+    def time_of(self, lam: float) -> float:
+        """Inverse of λ = -log σ: 1 - e^{-2Ut} = e^{-2 lam} / λ²."""
+        return -math.log1p(-math.exp(-2 * lam) / LAM_D**2) / (2 * self.U)
+
+    def model_condition(self, x, mu):
+        assert mu is None, "the denoising network never sees a level"
+        return x
+
+    def noisy_start(self, mu, generator=None):
+        raise AssertionError("the denoising variant starts from the noisy input")
+
+
+def denoise_eps(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """E[ε | x_t] for x0 ~ N(M, S²) and x_t = x0 + σ ε."""
+    return sigma * (x - M) / (S**2 + sigma**2)
+
+
+def continuous_denoise_model(sched: ContinuousDenoising):
+    def model(x, cond, t):
+        assert torch.equal(cond, x) and t.dtype == torch.float64 and len(t.unique()) == 1
+        return denoise_eps(x, sched.sigma(float(t[0])))
+
+    return model
+
+
+def float64_denoising_sde(T: int = T_D) -> DenoisingIRSDE:
+    sde = DenoisingIRSDE(LAM_D, T=T)
+    ref = reference_tables(LAM_D, T, eps=0.04)
+    sde.elapsed = torch.tensor(ref["u"], dtype=torch.float64)
+    sde.sigma_bars = torch.tensor(ref["sigma_bars"], dtype=torch.float64)
+    return sde
+
+
+def denoise_table_model(sde: DenoisingIRSDE, calls: list | None = None):
+    def model(x, cond, t):
+        assert torch.equal(cond, x) and t.dtype == torch.long and len(t.unique()) == 1
+        if calls is not None:
+            calls.append(int(t[0]))
+        return denoise_eps(x, float(sde.sigma_bars[int(t[0])]))
+
+    return model
+
+
+def denoise_lambda_grid(sched: ContinuousDenoising, steps: int, lam_end: float = 5.0, graded: bool = False):
+    """Times uniform in λ = -log σ from the input's σ = 25/255 to lam_end; ``graded`` shrinks the first two
+    intervals (the multistep warm-up) to h^{3/2}."""
+    lam0 = -math.log(SIGMA_IN / 255)
+    lams = np.linspace(lam0, lam_end, steps + 1)
+    if graded:
+        small = (lams[1] - lams[0]) ** 1.5
+        lams = np.concatenate([[lam0, lam0 + small], np.linspace(lam0 + 2 * small, lam_end, steps - 1)])
+    return [sched.time_of(lam) for lam in lams]
+
+
+@pytest.mark.parametrize("name", sorted(mrs.MR_SAMPLERS))
+def test_denoising_starts_at_t_star_with_at_most_t_star_evaluations(name):
+    """From the noisy input at t*(sigma), like denoise_ode / denoise_sde: NFE = min(steps, t*), the grid between t*
+    and 0, sigma in 0..255 or [0, 1] units, none at all when t* = 0; samplers.restore reaches it by name."""
+    sde = float64_denoising_sde()
+    t_star = sde.optimal_timestep(SIGMA_IN)
+    assert t_star == 22 and sde.optimal_timestep(SIGMA_IN / 255) == t_star
+    noisy = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for grid in mrs.GRIDS:
+        for steps, nfe in [(None, t_star), (5, 5), (t_star, t_star), (1000, t_star)]:
+            for sigma in (SIGMA_IN, SIGMA_IN / 255):
+                calls = []
+                out = samplers.restore(name, sde, denoise_table_model(sde, calls), noisy, sigma=sigma, steps=steps,
+                                       grid=grid, order=2, generator=torch.Generator().manual_seed(1))
+                expected_grid = mrs.mr_timesteps(sde, nfe, grid, start=t_star)
+                assert calls == expected_grid[:-1] and calls[0] == t_star and expected_grid[-1] == 0
+                assert out.shape == noisy.shape and torch.isfinite(out).all()
+        assert mrs.mr_timesteps(sde, 5, grid, start=t_star)[0] == t_star
+    assert mrs.mr_timesteps(sde, 5, "uniform", start=t_star) == samplers.timestep_grid(t_star, 5)
+    calls = []
+    out = samplers.restore(name, sde, denoise_table_model(sde, calls), noisy, sigma=0, steps=5)
+    assert calls == [] and torch.equal(out, noisy) and out is not noisy
+
+
+@pytest.mark.parametrize("name", sorted(mrs.MR_SAMPLERS))
+def test_denoising_with_the_true_noise_returns_the_clean_image_in_any_number_of_steps(name):
+    """α = 1 and x0_hat = x_t - σ̄_t ε̂: a network that returns the true noise (x_t - x0) / σ̄_t predicts x0 at every
+    step, every update is exact for a constant prediction, so the output is x0 (denoise_ode's Euler steps are not)."""
+    sde = float64_denoising_sde()
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.rand(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    t_star = sde.optimal_timestep(SIGMA_IN)
+    noisy = x0 + float(sde.sigma_bars[t_star]) * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+
+    def oracle(x, cond, t):
+        return (x - x0) / float(sde.sigma_bars[int(t[0])])
+
+    for steps, order in [(1, 1), (3, 2), (7, 1), (22, 2)]:
+        out = mrs.MR_SAMPLERS[name](sde, oracle, noisy, sigma=SIGMA_IN, steps=steps, order=order,
+                                    generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(out, x0, rtol=0, atol=1e-12)
+    assert (samplers.denoise_ode(sde, oracle, noisy, SIGMA_IN, steps=7) - x0).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_denoising_mr_ode_converges_to_the_exact_flow_at_its_order(order):
+    """Max error against the exact PF-ODE map of the denoising process from σ = 25/255 to λ = 5 (σ = 0.0067).
+
+    On a λ-uniform grid the 3M solver is only second order here: its first (order-1) warm-up step has an O(h²)
+    local error that nothing damps (α ≡ 1; on IR-SDE the same error is multiplied by α_T = 0.005, which is why
+    the IR-SDE test sees order 3 on uniform grids). Measured max errors at 32 / 64 / 128 / 256 steps:
+      uniform: order 1: 3.0e-3 .. 3.8e-4 (slope 1.00); order 2: 2.3e-6 .. 7.2e-8 (1.68, near a sign change of its
+      error, 1.95 over 128..512); order 3: 2.6e-4, 6.6e-5, 1.6e-5, 4.1e-6 (2.00);
+      graded (the two warm-up intervals shrunk to h^{3/2}): order 1: 3.1e-3 .. 3.8e-4 (1.00); order 2: 2.8e-4,
+      6.8e-5, 1.7e-5, 4.2e-6 (2.01); order 3: 3.4e-5, 4.1e-6, 5.1e-7, 6.3e-8 (3.02).
+    The orders are checked on graded grids; the uniform-grid slope of order 3 is pinned near 2."""
+    sched = ContinuousDenoising()
+    model = continuous_denoise_model(sched)
+    z = torch.linspace(-3, 3, 601, dtype=torch.float64).view(1, 1, 1, -1)
+
+    def errors(steps_list, graded):
+        out = []
+        for k in steps_list:
+            times = denoise_lambda_grid(sched, k, graded=graded)
+            s0, s_end = sched.sigma(times[0]), sched.sigma(times[-1])
+            noisy = M + math.sqrt(S**2 + s0**2) * z
+            x = mrs.mr_ode(sched, model, noisy, order=order, times=times)
+            out.append(float((x - M - math.sqrt(S**2 + s_end**2) * z).abs().max()))
+        return out
+
+    steps = [32, 64, 128, 256]
+    graded = errors(steps, graded=True)
+    fitted = slope(steps, graded)
+    assert abs(fitted - order) < 0.2, f"order {order}: errors {graded}, slope {fitted:.2f}"
+    assert graded[-1] < [1e-3, 5e-6, 1e-7][order - 1], graded
+    if order == 3:
+        uniform = errors(steps, graded=False)
+        assert 1.8 < slope(steps, uniform) < 2.2, uniform
+
+
+def test_denoising_mr_ode_order1_is_ddim_and_denoise_ode_its_euler_in_u():
+    """mr_ode order 1 on the denoising variant is DDIM for VE: x_s = x_t - (σ̄_t - σ̄_s) ε̂. denoise_ode (official)
+    is Euler in the reversion time u on the same ODE: x_s = x_t - λ² e^{-2u_t} (u_t - u_s) ε̂ / σ̄_t, where
+    λ² e^{-2u} / σ̄ = dσ̄/du: the first-order Taylor expansion of σ̄_t - σ̄_s. So they agree to O(Δu²) per step, not
+    exactly; both are first order (at t*, 2t*, 4t* ... steps of a finer T, each error halves). A constant noise
+    prediction c makes DDIM exact (all orders give x - σ̄_{t*} c), Euler not."""
+    sde = float64_denoising_sde()
+    model = denoise_table_model(sde)
+    gen = torch.Generator().manual_seed(0)
+    t_star = sde.optimal_timestep(SIGMA_IN)
+    noisy = M + math.sqrt(S**2 + float(sde.sigma_bars[t_star]) ** 2) * torch.randn(1, 1, 8, 8, generator=gen,
+                                                                                      dtype=torch.float64)
+    ours, theirs = {}, {}
+    kw = {"sigma": SIGMA_IN, "steps": 5}
+    mrs.mr_ode(sde, model, noisy, order=1, grid="uniform", callback=lambda i, s, x: ours.update({s: x}), **kw)
+    samplers.denoise_ode(sde, model, noisy, callback=lambda i, s, x: theirs.update({s: x}), **kw)
+    grid = samplers.timestep_grid(t_star, 5)
+    assert sorted(ours, reverse=True) == sorted(theirs, reverse=True) == grid[1:]
+    x_ddim, x_euler = noisy, noisy
+    u, sb = sde.elapsed, sde.sigma_bars
+    for t, s in zip(grid[:-1], grid[1:]):
+        x_ddim = x_ddim - (sb[t] - sb[s]) * denoise_eps(x_ddim, float(sb[t]))
+        x_euler = x_euler - LAM_D**2 * math.exp(-2 * u[t]) * (u[t] - u[s]) * denoise_eps(x_euler, float(sb[t])) / sb[t]
+        torch.testing.assert_close(ours[s], x_ddim, rtol=0, atol=1e-12)
+        torch.testing.assert_close(theirs[s], x_euler, rtol=0, atol=1e-12)
+    assert (ours[0] - theirs[0]).abs().max() > 1e-3
+
+    c = torch.full_like(noisy, 0.7)
+    for order in (1, 2, 3):
+        out = mrs.mr_ode(sde, lambda x, cond, t: c, noisy, order=order, **kw)
+        torch.testing.assert_close(out, noisy - sb[t_star] * c, rtol=0, atol=1e-12)
+    euler = sum(LAM_D**2 * math.exp(-2 * u[t]) * (u[t] - u[s]) / sb[t] for t, s in zip(grid[:-1], grid[1:]))
+    torch.testing.assert_close(samplers.denoise_ode(sde, lambda x, cond, t: c, noisy, **kw), noisy - euler * c,
+                               rtol=0, atol=1e-12)
+
+    # Same ODE: on T = 1000 (t* = 230) both errors against the exact map halve as the steps double.
+    fine = float64_denoising_sde(1000)
+    t_fine = fine.optimal_timestep(SIGMA_IN)
+    z = torch.linspace(-3, 3, 61, dtype=torch.float64).view(1, 1, 1, -1)
+    x = M + math.sqrt(S**2 + float(fine.sigma_bars[t_fine]) ** 2) * z
+    fine_model = denoise_table_model(fine)
+    steps = [t_fine // 4, t_fine // 2, t_fine]
+    for sampler in (lambda k: mrs.mr_ode(fine, fine_model, x, sigma=SIGMA_IN, steps=k, order=1, grid="uniform"),
+                    lambda k: samplers.denoise_ode(fine, fine_model, x, SIGMA_IN, steps=k)):
+        errors = [float((sampler(k) - M - S * z).abs().max()) for k in steps]
+        assert abs(slope(steps, errors) - 1) < 0.1 and errors[-1] < 1e-3, errors
+
+
+def test_denoising_mr_sde_order1_is_the_posterior_step_of_its_forward_process():
+    """SDE order 1 = the exact solution of the official denoising reverse SDE for a frozen x0_hat = the Gaussian
+    posterior of x_s | x_t, x0 of the OU process reverting to x0 (IRSDE.reverse_optimum_step / _std with level
+    x0_hat, what reverse_posterior's update does), state by state with the same noise, on the logsnr grid."""
+    sde = float64_denoising_sde()
+    model = denoise_table_model(sde)
+    gen = torch.Generator().manual_seed(0)
+    noisy = M + 0.15 * torch.randn(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    states = {}
+    mrs.mr_sde(sde, model, noisy, sigma=SIGMA_IN, steps=6, order=1, generator=torch.Generator().manual_seed(7),
+               callback=lambda i, s, x: states.update({s: x}))
+    grid = mrs.mr_timesteps(sde, 6, start=sde.optimal_timestep(SIGMA_IN))
+    replay, x = torch.Generator().manual_seed(7), noisy
+    for t, s in zip(grid[:-1], grid[1:]):
+        x0_hat = sde.x0_from_noise(x, model(x, x, torch.full((2,), t)), None, t)
+        x = sde.reverse_optimum_step(x, x0_hat, None, t, s)
+        if s > 0:
+            x = x + sde.reverse_optimum_std(t, s) * samplers.randn_like(x, replay)
+        torch.testing.assert_close(states[s], x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_denoising_mr_sde_law_converges_to_the_data_distribution_at_its_weak_order(order, monkeypatch):
+    """Exact output law (``chain_law``) from N(M, S² + σ_in²) on a λ-uniform grid to λ = 5, against N(M, S² + σ_e²).
+    Measured |Var/V_e - 1| at 10 / 20 / 40 / 80 / 160 / 320 steps:
+      order 1: 0.17, 0.092, 0.048, 0.025, 0.013, 0.0063 (slope 0.99 over 80..320);
+      order 2: 0.014, 3.9e-3, 1.0e-3, 2.5e-4, 6.3e-5, 1.6e-5 (slope 2.00).
+    The mean is exact at every step count."""
+    sched = ContinuousDenoising()
+    model = continuous_denoise_model(sched)
+    steps, errors = [80, 160, 320], []
+    for k in steps:
+        times = denoise_lambda_grid(sched, k)
+        start = (M, S**2 + sched.sigma(times[0]) ** 2)
+        mean, var = chain_law(monkeypatch, mrs.mr_sde, sched, model, start, denoising=True, order=order,
+                              times=times)
+        assert abs(mean - M) < 1e-12
+        errors.append(abs(var / (S**2 + sched.sigma(times[-1]) ** 2) - 1))
+    fitted = slope(steps, errors)
+    assert abs(fitted - order) < 0.2, f"order {order}: |Var ratio - 1| {errors}, slope {fitted:.2f}"
+    assert errors[-1] < [0.01, 3e-5][order - 1], errors
+
+
+def test_denoising_on_the_stored_float32_tables():
+    sde = DenoisingIRSDE(70, T=T_D)  # float32 tables, as trained
+    noisy = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def model(x, cond, t):
+        return denoise_eps(x, float(sde.sigma_bars[int(t[0])]))
+
+    for name, sampler in mrs.MR_SAMPLERS.items():
+        runs = [sampler(sde, model, noisy, sigma=SIGMA_IN, steps=8, generator=torch.Generator().manual_seed(4))
+                for _ in range(2)]
+        assert runs[0].dtype == torch.float32 and torch.isfinite(runs[0]).all(), name
+        torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
