@@ -22,6 +22,7 @@ def train(cfg: DictConfig) -> dict:
 
     from core.checkpoint import AtomicCheckpointIO, resolve_ckpt_path
     from core.loading import instantiate
+    from core.training import explain_out_of_memory
 
     L.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -34,7 +35,9 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(run_config)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
     trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.name))
+    with explain_out_of_memory(cfg.data, trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir,
+                                                                                cfg.name))
     results = {"run_dir": str(out_dir), "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
     if cfg.test_after_fit:  # the test split through the one evaluation loop (RestorationModule.test_step)
         (scores,) = trainer.test(module, datamodule=datamodule)

@@ -9,6 +9,7 @@ Subclasses implement `training_loss(batch)` and `restorer(**options)` (a `core.r
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from typing import Any
@@ -32,6 +33,27 @@ warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on ep
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN/inf; the run stops and the last checkpoint on disk stays the last good one."""
+
+
+class OutOfMemory(UserError):
+    """A training step did not fit in the accelerator's memory."""
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(data_cfg, trainer):
+    """An out-of-memory error during training becomes one message with the per-device batch and patch size and
+    the settings that lower the memory a step needs (the checkpoints on disk stay the last good ones)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        precision = getattr(trainer, "precision", "?")
+        raise OutOfMemory(
+            f"out of accelerator memory at step {trainer.global_step} with data.batch_size="
+            f"{data_cfg.get('batch_size')} per device, data.patch_size={data_cfg.get('patch_size')}, "
+            f"precision {precision}: lower data.batch_size or data.patch_size (or the progressive schedule's "
+            "callbacks.progressive.batch_sizes / patch_sizes), train with trainer.precision=bf16-mixed, or spread "
+            "the batch over more devices (trainer=ddp trainer.devices=N); then resume with ckpt_path=last "
+            f"({str(err).splitlines()[0][:160]})") from err
 
 
 class RestorationModule(L.LightningModule):

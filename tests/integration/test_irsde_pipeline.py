@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -189,3 +190,20 @@ def test_evaluate_with_the_few_step_mr_samplers(trained_run, tmp_path):
         assert summary["nfe"] == 3 and summary["sampler"]["order"] == order and np.isfinite(summary["psnr"])
     with pytest.raises(ConfigError, match="order= and grid="):
         evaluate.main([ckpt, "sampler=ode", "order=2", f"out={tmp_path / 'bad'}", *common])
+
+
+class RaiseOutOfMemory(L.Callback):
+    """A stand-in for a CUDA out-of-memory error in the second training step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_names_the_batch_and_the_settings_that_lower_it(tmp_path):
+    from core.training import OutOfMemory
+    from train import train
+
+    with pytest.raises(OutOfMemory, match=r"at step 1 with data.batch_size=4 per device, data.patch_size=32.*"
+                                          r"trainer.precision=bf16-mixed.*CUDA out of memory"):
+        train(tiny_config(tmp_path, "+callbacks.oom._target_=tests.integration.test_irsde_pipeline.RaiseOutOfMemory"))
