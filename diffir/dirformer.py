@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.nn import LN_EPS, crop_to, pad_to_multiple
 from diffir.cpen import IPR_DIM, lq_unshuffle_factor
@@ -134,9 +135,9 @@ class BlockStack(nn.ModuleList):
             TransformerBlock(dim, num_heads, ffn_expansion_factor, bias, layer_norm_type) for _ in range(n)
         )
 
-    def forward(self, x: torch.Tensor, ipr: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor | None, checkpointing: bool = False) -> torch.Tensor:
         for block in self:
-            x = block(x, ipr)
+            x = checkpoint(block, x, ipr, use_reentrant=False) if checkpointing else block(x, ipr)
         return x
 
 
@@ -182,7 +183,11 @@ def sr_tail(n_feat: int, out_channels: int) -> nn.Sequential:
 
 
 class DIRformer(nn.Module):
-    """forward(lq, ipr) -> restored image (``scale`` times larger than lq in the SR variant)."""
+    """forward(lq, ipr) -> restored image (``scale`` times larger than lq in the SR variant).
+
+    ``checkpointing``: recompute every transformer block's activations in the backward pass
+    (``torch.utils.checkpoint``, training with grad only): less memory, slower; no new parameters.
+    """
 
     def __init__(
         self,
@@ -197,8 +202,10 @@ class DIRformer(nn.Module):
         LayerNorm_type: str = "WithBias",  # noqa: N803 - the official option name, kept for config parity
         scale: int | None = None,
         residual: bool | None = None,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         if len(num_blocks) != 4 or len(heads) != 4:
             raise ValueError(f"num_blocks and heads need 4 entries, got {list(num_blocks)} and {list(heads)}")
         self.scale = scale
@@ -249,15 +256,16 @@ class DIRformer(nn.Module):
         return crop_to(out, (h * self.out_scale, w * self.out_scale))
 
     def _forward_aligned(self, inp: torch.Tensor, ipr: torch.Tensor | None) -> torch.Tensor:
+        ck = self.checkpointing and self.training and torch.is_grad_enabled()
         feat = F.pixel_unshuffle(inp, self.lq_factor) if self.lq_factor > 1 else inp
-        enc1 = self.encoder_level1(self.patch_embed(feat), ipr)
-        enc2 = self.encoder_level2(self.down1_2(enc1), ipr)
-        enc3 = self.encoder_level3(self.down2_3(enc2), ipr)
-        latent = self.latent(self.down3_4(enc3), ipr)
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)), ipr)
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)), ipr)
-        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr)
-        dec1 = self.refinement(dec1, ipr)
+        enc1 = self.encoder_level1(self.patch_embed(feat), ipr, ck)
+        enc2 = self.encoder_level2(self.down1_2(enc1), ipr, ck)
+        enc3 = self.encoder_level3(self.down2_3(enc2), ipr, ck)
+        latent = self.latent(self.down3_4(enc3), ipr, ck)
+        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)), ipr, ck)
+        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)), ipr, ck)
+        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr, ck)
+        dec1 = self.refinement(dec1, ipr, ck)
         if self.scale is None:
             out = self.output(dec1)
             return out + inp if self.residual else out

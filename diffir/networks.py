@@ -31,12 +31,16 @@ from diffir.ipr_diffusion import IPRDenoiser, IPRDiffusion
 class _DiffIRBase(nn.Module):
     def __init__(self, inp_channels: int, out_channels: int, dim: int, num_blocks: Sequence[int],
                  num_refinement_blocks: int, heads: Sequence[int], ffn_expansion_factor: float, bias: bool,
-                 LayerNorm_type: str, scale: int | None, residual: bool | None) -> None:  # noqa: N803
+                 LayerNorm_type: str, scale: int | None, residual: bool | None,  # noqa: N803
+                 checkpointing: bool = False) -> None:
         super().__init__()
+        # checkpointing (activation recomputation in G's transformer blocks) is a training option, not part of
+        # the architecture: it stays out of self.config and adds no parameters.
         self.G = DIRformer(inp_channels=inp_channels, out_channels=out_channels, dim=dim,
                            num_blocks=num_blocks, num_refinement_blocks=num_refinement_blocks, heads=heads,
                            ffn_expansion_factor=ffn_expansion_factor, bias=bias,
-                           LayerNorm_type=LayerNorm_type, scale=scale, residual=residual)
+                           LayerNorm_type=LayerNorm_type, scale=scale, residual=residual,
+                           checkpointing=checkpointing)
         self.config = {
             "inp_channels": inp_channels, "out_channels": out_channels, "dim": dim,
             "num_blocks": list(num_blocks),
@@ -75,9 +79,10 @@ class DiffIRS1(_DiffIRBase):
         LayerNorm_type: str = "WithBias",  # noqa: N803 - official option name
         scale: int | None = None,
         residual: bool | None = None,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
-                         ffn_expansion_factor, bias, LayerNorm_type, scale, residual)
+                         ffn_expansion_factor, bias, LayerNorm_type, scale, residual, checkpointing)
         self.E = CPENS1(n_encoder_res, lq_channels=inp_channels, gt_channels=out_channels, scale=scale or 1)
         self.config.update(stage=1, n_encoder_res=n_encoder_res)
 
@@ -128,9 +133,10 @@ class DiffIRS2(_DiffIRBase):
         timesteps: int = 4,
         scale: int | None = None,
         residual: bool | None = None,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__(inp_channels, out_channels, dim, num_blocks, num_refinement_blocks, heads,
-                         ffn_expansion_factor, bias, LayerNorm_type, scale, residual)
+                         ffn_expansion_factor, bias, LayerNorm_type, scale, residual, checkpointing)
         self.condition = CPENS2(n_encoder_res, lq_channels=inp_channels, scale=scale or 1)
         self.denoise = IPRDenoiser(n_denoise_res, timesteps)
         self.diffusion = IPRDiffusion(self.denoise, self.condition, timesteps, linear_start, linear_end)

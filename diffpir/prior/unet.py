@@ -20,7 +20,7 @@ projection, so a fresh network is the identity on its residual paths.
 
 Module and parameter names equal the official ones, so the released state dicts (``ffhq_10m.pt``,
 ``256x256_diffusion_uncond.pt``, ...) load with the identity key mapping. Not carried over: class
-conditioning, 1-D/3-D variants, gradient checkpointing, the fp16 torso conversion (use bf16 autocast
+conditioning, 1-D/3-D variants, the fp16 torso conversion (use bf16 autocast
 instead) and the parameter-free resampling of ``conv_resample=False`` (no released model uses it).
 
 ``attention_resolutions`` has ``UNetModel``'s meaning: the *downsampling factors* at which attention is used,
@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.timesteps import TimeInput, time_vector
 
@@ -291,6 +292,9 @@ class GuidedUNet(nn.Module):
     fixes the head width (the number of heads then follows each block's width) and overrides ``num_heads``;
     ``num_heads_upsample`` (-1: same as ``num_heads``) is the decoder's ``num_heads``. ``out_channels=None``
     means ``in_channels * (2 if learn_sigma else 1)``; ``learn_sigma`` defaults to True then.
+    ``checkpointing`` recomputes every encoder, middle and decoder block's activations in the backward pass
+    (``torch.utils.checkpoint``, training with grad only; guided-diffusion's ``use_checkpoint``): less memory,
+    slower; no new parameters, and not part of ``config``.
     """
 
     def __init__(
@@ -310,8 +314,10 @@ class GuidedUNet(nn.Module):
         resblock_updown: bool = True,
         use_new_attention_order: bool = False,
         learn_sigma: bool | None = None,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         out_channels = _resolve_out_channels(in_channels, out_channels, learn_sigma)
         attention_resolutions = tuple(int(a) for a in attention_resolutions)
         channel_mult = tuple(channel_mult)
@@ -380,6 +386,12 @@ class GuidedUNet(nn.Module):
             GroupNorm32(ch), nn.SiLU(), _zero_init(nn.Conv2d(stem_ch, out_channels, 3, padding=1))
         )
 
+    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``block(h, emb)``, under activation checkpointing when it is on and gradients are being recorded."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
     def forward(self, x: torch.Tensor, t: TimeInput) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, H, W) images, got shape {tuple(x.shape)}")
@@ -396,11 +408,12 @@ class GuidedUNet(nn.Module):
             emb = self.time_embed(timestep_embedding(t_vec, self.model_channels).to(param_dtype))
 
         h = x.to(param_dtype)
+        run = self._run
         skips = []
         for block in self.input_blocks:
-            h = block(h, emb)
+            h = run(block, h, emb)
             skips.append(h)
-        h = self.middle_block(h, emb)
+        h = run(self.middle_block, h, emb)
         for block in self.output_blocks:
-            h = block(torch.cat((h, skips.pop()), dim=1), emb)
+            h = run(block, torch.cat((h, skips.pop()), dim=1), emb)
         return self.out(h).to(x.dtype)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.nn import pad_to_multiple
 from core.timesteps import TimeInput, time_vector
@@ -72,10 +73,12 @@ class NAFBlock(nn.Module):
         return y + x * self.gamma
 
 
-def run_blocks(blocks: nn.Sequential, x: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
+def run_blocks(
+    blocks: nn.Sequential, x: torch.Tensor, time_emb: torch.Tensor, checkpointing: bool = False
+) -> torch.Tensor:
     # The stages are nn.Sequential only to keep the official keys ("encoders.3.27.conv1.weight").
     for block in blocks:
-        x = block(x, time_emb)
+        x = checkpoint(block, x, time_emb, use_reentrant=False) if checkpointing else block(x, time_emb)
     return x
 
 
@@ -89,6 +92,8 @@ class ConditionalNAFNet(nn.Module):
         enc_blk_nums: NAF blocks of each encoder stage (finest first).
         dec_blk_nums: NAF blocks of each decoder stage (coarsest first); as many stages as the encoder.
         upscale: accepted for compatibility with the official options; unused, as in the official code.
+        checkpointing: recompute the NAF blocks' activations in the backward pass (``torch.utils.checkpoint``,
+            training with grad only): less memory, slower; no new parameters.
     """
 
     def __init__(
@@ -99,8 +104,10 @@ class ConditionalNAFNet(nn.Module):
         enc_blk_nums: Sequence[int] = (1, 1, 1, 28),
         dec_blk_nums: Sequence[int] = (1, 1, 1, 1),
         upscale: int = 1,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         if len(enc_blk_nums) != len(dec_blk_nums):
             raise ValueError(
                 f"enc_blk_nums {list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)} "
@@ -142,17 +149,18 @@ class ConditionalNAFNet(nn.Module):
 
         x = pad_to_multiple(torch.cat([x_t - mu, mu], dim=1), self.padder_size, mode="constant")[0]  # zeros: official
         x = self.intro(x)
+        ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
 
         skips: list[torch.Tensor] = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):
-            x = run_blocks(encoder, x, temb)
+            x = run_blocks(encoder, x, temb, ckpt)
             skips.append(x)
             x = down(x)
 
-        x = run_blocks(self.middle_blks, x, temb)
+        x = run_blocks(self.middle_blks, x, temb, ckpt)
 
         for decoder, up in zip(self.decoders, self.ups, strict=True):
-            x = run_blocks(decoder, up(x) + skips.pop(), temb)
+            x = run_blocks(decoder, up(x) + skips.pop(), temb, ckpt)
 
         x = self.ending(x)
         # Under autocast the convolutions return bf16; hand back the caller's dtype for the SDE arithmetic.

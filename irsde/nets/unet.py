@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from core.nn import LN_EPS, channel_layer_norm, pad_to_multiple
 from core.timesteps import TimeInput, time_vector
@@ -181,6 +182,8 @@ class ConditionalUNet(nn.Module):
         ch_mult: width multipliers of the levels' outputs (``depth`` entries); default doubles at every level,
             i.e. ``(2, 4, ..., 2 ** depth)`` as in the official IR-SDE configurations.
         upscale: accepted for compatibility with the official options; unused, as in the official code.
+        checkpointing: recompute the activations of the residual and attention blocks in the backward pass
+            (``torch.utils.checkpoint``, training with grad only): less memory, slower; no new parameters.
     """
 
     def __init__(
@@ -191,8 +194,10 @@ class ConditionalUNet(nn.Module):
         depth: int = 4,
         ch_mult: Sequence[int] | None = None,
         upscale: int = 1,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpointing = checkpointing
         if ch_mult is None:
             ch_mult = [2 ** (i + 1) for i in range(depth)]
         if len(ch_mult) != depth:
@@ -252,6 +257,12 @@ class ConditionalUNet(nn.Module):
         # feeds the global attention, so the same multiple is needed to reproduce its outputs.
         return 2**self.depth
 
+    def _run(self, block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        """``block(*args)``, under activation checkpointing when it is on and gradients are being recorded."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
     def forward(self, x_t: torch.Tensor, mu: torch.Tensor, t: TimeInput) -> torch.Tensor:
         h_in, w_in = x_t.shape[-2:]
         x = torch.cat([x_t - mu, mu], dim=1)
@@ -262,19 +273,20 @@ class ConditionalUNet(nn.Module):
         temb = self.time_mlp(time_vector(t, x_t.shape[0], x_t.device))
 
         skips: list[torch.Tensor] = []
+        run = self._run
         for block1, block2, attn, resample in self.downs:
-            x = block1(x, temb)
+            x = run(block1, x, temb)
             skips.append(x)
-            x = attn(block2(x, temb))
+            x = run(attn, run(block2, x, temb))
             skips.append(x)
             x = resample(x)
 
-        x = self.mid_block2(self.mid_attn(self.mid_block1(x, temb)), temb)
+        x = run(self.mid_block2, run(self.mid_attn, run(self.mid_block1, x, temb)), temb)
 
         for block1, block2, attn, resample in self.ups:
-            x = block1(torch.cat([x, skips.pop()], dim=1), temb)
-            x = block2(torch.cat([x, skips.pop()], dim=1), temb)
-            x = resample(attn(x))
+            x = run(block1, torch.cat([x, skips.pop()], dim=1), temb)
+            x = run(block2, torch.cat([x, skips.pop()], dim=1), temb)
+            x = resample(run(attn, x))
 
         x = self.final_res_block(torch.cat([x, stem], dim=1), temb)
         x = self.final_conv(x)
