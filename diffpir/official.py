@@ -43,7 +43,8 @@ def unet_kwargs_in_config(config: Any) -> dict[str, Any] | None:
     """The GuidedUNet keyword arguments in a stored run config: the first node targeting GuidedUNet."""
     if isinstance(config, Mapping):
         if str(config.get("_target_", "")).endswith("GuidedUNet"):
-            return {str(k): v for k, v in config.items() if k not in ("_target_", "_partial_")}
+            # checkpointing is a training option (activation recomputation), not part of the architecture
+            return {str(k): v for k, v in config.items() if k not in ("_target_", "_partial_", "checkpointing")}
         children = config.values()
     elif isinstance(config, Sequence) and not isinstance(config, (str, bytes)):  # lists, ListConfig
         children = config
