@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.io import read_image
+from core.io import list_images, read_image
 from data.resize import Image
 
 
@@ -133,7 +133,6 @@ def mask_for(mask: str, image_path: Path, image) -> torch.Tensor | None:
     """restore.py mask=: the known-pixel mask (1 x 1 x H x W on the image's device) of one input image from a mask
     file or a folder of masks named like the inputs; None for a generated kind (the restorer makes those)."""
     from core.errors import DataError
-    from core.io import list_images
 
     if mask in ("batch", *MASK_KINDS):
         return None

@@ -21,6 +21,7 @@ from diffpir.sampler import TASK_DEFAULTS, check_settings, diffpir_sample
 from diffpir.schedule import DDPMSchedule
 from diffpir.tasks import (
     KERNEL_SIZE,
+    MASK_KINDS,
     check_mask_kind,
     generated_mask,
     make_operator,
@@ -162,14 +163,14 @@ def diffpir_model(prior_ckpt: str | None, task: str | None, preset: str | None =
     if not Path(prior_ckpt).is_file():
         raise ConfigError(f"prior_ckpt={prior_ckpt}: no such file")
     mask = str(mask)
-    if mask not in ("batch", "box", "pixels", "strokes") and not Path(mask).exists():
+    if mask not in MASK_KINDS and not Path(mask).exists():
         raise ConfigError(f"mask={mask}: use batch (the data's masks), box, pixels, strokes, or a mask file / "
                           "folder of masks named like the inputs (restore.py; white = known pixel)")
     prior, config = load_prior_with_config(prior_ckpt, preset=preset)
     # a user's kernel: .npy must already sum to 1; an image (0..255) is divided by its sum
     kernel = load_kernel(kernel, normalize=Path(kernel).suffix.lower() in IMAGE_SUFFIXES) if kernel else None
     renamed = {"sigma_n" if k == "noise_sigma" else k: v for k, v in settings.items() if v is not None}
-    task_cfg = {"task": str(task), "mask": mask if mask in ("batch", "box", "pixels", "strokes") else "batch",
+    task_cfg = {"task": str(task), "mask": mask if mask in MASK_KINDS else "batch",
                 "kernel": kernel, "kernel_size": int(kernel_size), "sr_mode": sr_mode,
                 "prior_name": Path(prior_ckpt).name, **renamed}
     DiffPIRRestorer(prior, **task_cfg)  # a bad task or setting fails here, before any image is loaded

@@ -29,16 +29,9 @@ from diffir.stage2 import DiffIRStage2Module  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-TINY = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1), n_encoder_res=1)
+from tests.unit.test_diffir_module import TINY, _jitter  # noqa: E402
+
 STUDENT = ("condition.", "denoise.")
-
-
-def _jitter(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return module
 
 
 def _module(encoder_iter: int, pixel_weight: float, ipr_weight: float) -> DiffIRStage2Module:
