@@ -9,6 +9,7 @@ from core.errors import ConfigError
 from core.nn import count_parameters
 from core.restorer import Restorer
 from irsde import samplers
+from irsde.parameterization import as_noise_model, check_prediction
 from irsde.sde import IRSDE, DenoisingIRSDE
 
 
@@ -18,12 +19,13 @@ class IRSDERestorer(Restorer):
     on a denoising checkpoint (0..255 units);
     tile/overlap: run every network evaluation on overlapping tiles (the sampler state stays whole, so the noise
     is seamless); clip_x0: posterior only, clamp the x0 estimate (not official); order / grid: the mr_ode (1-3)
-    and mr_sde (1-2) solvers' order and time grid (logsnr | uniform), irsde/mr_sampler.py."""
+    and mr_sde (1-2) solvers' order and time grid (logsnr | uniform), irsde/mr_sampler.py; prediction: what the
+    network outputs (irsde/parameterization.py; a property of the checkpoint, not a user option)."""
 
     def __init__(self, net: nn.Module, sde: IRSDE, sampler: str = "posterior", steps: int | None = None,
                  sigma: float | None = None, tile: int | None = None, overlap: int = 32,
                  clip_x0: tuple[float, float] | None = None, order: int | None = None, grid: str | None = None,
-                 progress: bool = False) -> None:
+                 prediction: str = "noise", progress: bool = False) -> None:
         if sampler not in samplers.SAMPLERS:
             raise ConfigError(f"sampler={sampler}: IR-SDE samplers are {', '.join(samplers.SAMPLERS)}")
         # section 4.3: the samplers that start at t*(sigma) from the noisy input (denoise_*, and the MR solvers on
@@ -33,6 +35,7 @@ class IRSDERestorer(Restorer):
         if self.denoising and sigma is None:
             raise ConfigError(f"sampler={sampler} needs the noise level of the input: sigma=25 (0..255 units)")
         self.net, self.sde, self.sampler = net, sde, sampler
+        self.prediction = check_prediction(prediction)
         self.steps, self.sigma, self.progress = steps, sigma, progress
         self.tile, self.overlap = (int(tile) if tile else None), int(overlap if overlap is not None else 32)
         self.clip_x0 = tuple(clip_x0) if clip_x0 is not None and sampler == "posterior" else None
@@ -44,6 +47,7 @@ class IRSDERestorer(Restorer):
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, *, generator: torch.Generator | None = None, **conditions) -> torch.Tensor:
         model = self.net if not self.tile else _tiled(self.net, self.tile, self.overlap)
+        model = as_noise_model(model, self.sde, self.prediction)
         extra = {"sigma": self.sigma} if self.denoising else {}  # lq is the noisy image there
         if self.clip_x0 is not None:
             extra["clip_x0"] = self.clip_x0
@@ -61,7 +65,9 @@ class IRSDERestorer(Restorer):
 
     def describe(self) -> str:
         params = count_parameters(self.net) / 1e6
-        return f"IR-SDE {type(self.net).__name__}, {params:.2f} M params, sampler {self.sampler}, {self.nfe()} NFEs"
+        predicts = "" if self.prediction == "noise" else f" ({self.prediction} prediction)"
+        return (f"IR-SDE {type(self.net).__name__}{predicts}, {params:.2f} M params, sampler {self.sampler}, "
+                f"{self.nfe()} NFEs")
 
     def settings(self) -> dict:
         return {"name": self.sampler, "steps": self.nfe(), "T": self.sde.T, **self.mr}
