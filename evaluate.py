@@ -25,7 +25,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from core import evaluation as ev
     from core.errors import ConfigError
     from core.loading import instantiate, pick_device, restorer_source
-    from core.restorer import OPTION_KEYS, build_restorer
+    from core.restorer import OPTION_KEYS, build_restorer, prepare_for_inference
 
     module, run_cfg, source = restorer_source(cfg)
     if run_cfg.get("data") is None:
@@ -34,7 +34,9 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = instantiate(OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True)))
     datamodule.setup("test")
     device = pick_device(cfg.device)
-    restorer = build_restorer(module.to(device), {k: cfg.get(k) for k in OPTION_KEYS})
+    module = prepare_for_inference(module, device, cfg.precision)
+    restorer = build_restorer(module, {k: cfg.get(k) for k in OPTION_KEYS}, progress=cfg.progress,
+                              compile=cfg.compile)
     convention = {"y_channel": bool(datamodule.metric_y_channel),
                   "crop_border": int(datamodule.metric_crop_border), **restorer.scoring(), **_user_convention(cfg)}
     metrics = ev.ImageMetrics(**convention, perceptual=cfg.perceptual)

@@ -32,7 +32,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     from core.errors import ConfigError, DataError
     from core.io import list_images, read_image, to_tensor, write_image
     from core.loading import pick_device, restorer_source
-    from core.restorer import OPTION_KEYS, build_restorer
+    from core.restorer import OPTION_KEYS, build_restorer, prepare_for_inference
     from data.masks import mask_for
 
     for key in ("input", "output"):
@@ -46,7 +46,9 @@ def restore(cfg: DictConfig) -> list[Path]:
         raise DataError(f"input={source}: no images found (png, jpg, bmp, tif, webp)")
     module, _, description = restorer_source(cfg)
     device = pick_device(cfg.device)
-    restorer = build_restorer(module.to(device), {k: cfg.get(k) for k in OPTION_KEYS})
+    module = prepare_for_inference(module, device, cfg.precision)
+    restorer = build_restorer(module, {k: cfg.get(k) for k in OPTION_KEYS}, progress=cfg.progress,
+                              compile=cfg.compile)
     print(f"model: {description} ({restorer.describe()})")
     written = []
     for path in tqdm(files, desc="restoring", disable=not cfg.progress):

@@ -63,9 +63,10 @@ class Restorer(ABC):
         return {k: (batch[k].to(device) if device is not None else batch[k]) for k in self.conditions if k in batch}
 
 
-def build_restorer(source, options: dict | None = None) -> Restorer:
+def build_restorer(source, options: dict | None = None, *, progress: bool = False, compile: bool = False) -> Restorer:
     """`source.restorer(**options)` with the unset options left out; an option the method lacks is a ConfigError
-    naming the ones it has."""
+    naming the ones it has. progress: bars over the sampler's steps (and tiles) with the time left; compile:
+    the network through `torch.compile` (pays a warm-up once, then runs faster on GPUs)."""
     options = {k: v for k, v in (options or {}).items() if v is not None}
     accepted = inspect.signature(source.restorer).parameters
     unknown = sorted(k for k in options if k not in accepted)
@@ -73,4 +74,15 @@ def build_restorer(source, options: dict | None = None) -> Restorer:
         valid = [k for k in accepted if k not in ("self", "net", "progress")]
         raise ConfigError(f"{type(source).__name__} has no option {', '.join(unknown)}: its options are "
                           f"{', '.join(valid) or 'none'}")
-    return source.restorer(**options)
+    if compile:
+        options["net"] = torch.compile(source.eval_net)
+    return source.restorer(progress=progress, **options)
+
+
+def prepare_for_inference(module: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """The module on `device` in eval mode; for precision=bf16 (the fast path, used with bf16 autocast) also in
+    channels_last, which bf16 convolutions run fastest in on CPUs with bf16 units and on GPUs."""
+    module = module.to(device).eval()
+    if str(precision) == "bf16":
+        module = module.to(memory_format=torch.channels_last)
+    return module

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from core.nn import crop_to, pad_to_multiple
 
@@ -63,6 +64,7 @@ def tiled_apply(
     overlap: int = 32,
     scale: int = 1,
     multiple: int = 1,
+    progress: bool = False,
 ) -> Tensor:
     """Run ``fn(*tile_tensors)`` on overlapping tiles of NCHW inputs and blend the outputs (see module doc).
 
@@ -74,6 +76,7 @@ def tiled_apply(
             receptive-field radius is at most ``overlap // 4``.
         scale: ratio of output to input size (e.g. 4 for x4 super-resolution).
         multiple: side multiple ``fn`` needs; the inputs are reflect-padded to it and the output cropped back.
+        progress: a bar over the tiles (a large image's single network evaluation can take minutes on a CPU).
 
     When the (padded) image fits in one tile, ``fn`` is called once on the whole input. The output has the
     dtype and device of ``fn``'s output; blending accumulates in float32 or wider.
@@ -108,30 +111,31 @@ def tiled_apply(
     tile_h, tile_w = min(tile, ph), min(tile, pw)
     out: Tensor | None = None
     weight_sum: Tensor | None = None
-    for top in _tile_starts(ph, tile_h, overlap):
-        for left in _tile_starts(pw, tile_w, overlap):
-            piece = fn(*[t[..., top : top + tile_h, left : left + tile_w] for t in inputs])
-            expected = (tile_h * scale, tile_w * scale)
-            if piece.ndim != 4 or tuple(piece.shape[-2:]) != expected:
-                raise ValueError(
-                    f"fn returned shape {tuple(piece.shape)} for a {tile_h}x{tile_w} tile; "
-                    f"expected (N, C, {expected[0]}, {expected[1]}) with scale={scale}"
-                )
-            if out is None:
-                acc_dtype = torch.promote_types(piece.dtype, torch.float32)
-                out = piece.new_zeros(
-                    (piece.shape[0], piece.shape[1], ph * scale, pw * scale), dtype=acc_dtype
-                )
-                weight_sum = piece.new_zeros((1, 1, ph * scale, pw * scale), dtype=acc_dtype)
-            wy = _axis_weight(
-                top * scale, tile_h * scale, ph * scale, margin * scale, ramp * scale, piece.device
+    rows, cols = _tile_starts(ph, tile_h, overlap), _tile_starts(pw, tile_w, overlap)
+    positions = [(top, left) for top in rows for left in cols]
+    for top, left in tqdm(positions, desc="tiles", leave=False, disable=not progress):
+        piece = fn(*[t[..., top : top + tile_h, left : left + tile_w] for t in inputs])
+        expected = (tile_h * scale, tile_w * scale)
+        if piece.ndim != 4 or tuple(piece.shape[-2:]) != expected:
+            raise ValueError(
+                f"fn returned shape {tuple(piece.shape)} for a {tile_h}x{tile_w} tile; "
+                f"expected (N, C, {expected[0]}, {expected[1]}) with scale={scale}"
             )
-            wx = _axis_weight(
-                left * scale, tile_w * scale, pw * scale, margin * scale, ramp * scale, piece.device
+        if out is None:
+            acc_dtype = torch.promote_types(piece.dtype, torch.float32)
+            out = piece.new_zeros(
+                (piece.shape[0], piece.shape[1], ph * scale, pw * scale), dtype=acc_dtype
             )
-            weight = (wy[:, None] * wx[None, :]).to(out.dtype)
-            ys, xs = slice(top * scale, (top + tile_h) * scale), slice(left * scale, (left + tile_w) * scale)
-            out[..., ys, xs] += piece.to(out.dtype) * weight
-            weight_sum[..., ys, xs] += weight
+            weight_sum = piece.new_zeros((1, 1, ph * scale, pw * scale), dtype=acc_dtype)
+        wy = _axis_weight(
+            top * scale, tile_h * scale, ph * scale, margin * scale, ramp * scale, piece.device
+        )
+        wx = _axis_weight(
+            left * scale, tile_w * scale, pw * scale, margin * scale, ramp * scale, piece.device
+        )
+        weight = (wy[:, None] * wx[None, :]).to(out.dtype)
+        ys, xs = slice(top * scale, (top + tile_h) * scale), slice(left * scale, (left + tile_w) * scale)
+        out[..., ys, xs] += piece.to(out.dtype) * weight
+        weight_sum[..., ys, xs] += weight
     assert out is not None and weight_sum is not None
     return crop_to(out / weight_sum, (h * scale, w * scale)).to(piece.dtype)

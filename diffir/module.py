@@ -43,7 +43,7 @@ class DiffIRModule(RestorationModule):
                  net: nn.Module | None = None) -> DiffIRRestorer:
         """The EMA network (or `net`); DiffIR has no sampler options: its IPR diffusion always runs the timesteps
         it was trained with."""
-        return DiffIRRestorer(net if net is not None else self.eval_net, tile=tile, overlap=overlap)
+        return DiffIRRestorer(net if net is not None else self.eval_net, tile=tile, overlap=overlap, progress=progress)
 
     def _check_stage(self, net: nn.Module, what: str, error: type[Exception] = CheckpointError) -> None:
         stage = net.config.get("stage") if hasattr(net, "config") else None

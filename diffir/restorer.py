@@ -46,10 +46,12 @@ def network_input(net: nn.Module, lq: torch.Tensor, mask: torch.Tensor | None = 
 
 class DiffIRRestorer(Restorer):
     """net: a DiffIRS1 (restores with the ground-truth prior: condition ``gt``) or DiffIRS2; tile/overlap: run the
-    DIRformer on overlapping tiles (the IPR is a global vector, estimated once on the whole image)."""
+    DIRformer on overlapping tiles (the IPR is a global vector, estimated once on the whole image); progress: a
+    bar over the tiles."""
 
-    def __init__(self, net: nn.Module, tile: int | None = None, overlap: int | None = None) -> None:
-        self.net, self.stage = net, int(net.config["stage"])
+    def __init__(self, net: nn.Module, tile: int | None = None, overlap: int | None = None,
+                 progress: bool = False) -> None:
+        self.net, self.stage, self.progress = net, int(net.config["stage"]), progress
         self.tile = int(tile) if tile else None
         self.overlap = int(overlap) if overlap is not None else min(32, (self.tile or 0) // 4)
         self.inpainting = is_inpainting(net)
@@ -85,7 +87,7 @@ class DiffIRRestorer(Restorer):
         from core.tiling import tiled_apply
 
         return tiled_apply(lambda x: self.net.G(x, ipr), [inp], tile=self.tile, overlap=self.overlap,
-                           scale=self.net.out_scale, multiple=self.net.G.size_multiple)
+                           scale=self.net.out_scale, multiple=self.net.G.size_multiple, progress=self.progress)
 
     def nfe(self) -> int:
         """IPR denoiser evaluations per image (the DIRformer and the CPEN run once)."""

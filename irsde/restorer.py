@@ -46,7 +46,7 @@ class IRSDERestorer(Restorer):
 
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, *, generator: torch.Generator | None = None, **conditions) -> torch.Tensor:
-        model = self.net if not self.tile else _tiled(self.net, self.tile, self.overlap)
+        model = self.net if not self.tile else _tiled(self.net, self.tile, self.overlap, self.progress)
         model = as_noise_model(model, self.sde, self.prediction)
         extra = {"sigma": self.sigma} if self.denoising else {}  # lq is the noisy image there
         if self.clip_x0 is not None:
@@ -73,10 +73,10 @@ class IRSDERestorer(Restorer):
         return {"name": self.sampler, "steps": self.nfe(), "T": self.sde.T, **self.mr}
 
 
-def _tiled(net: nn.Module, tile: int, overlap: int):
+def _tiled(net: nn.Module, tile: int, overlap: int, progress: bool = False):
     from core.tiling import tiled_apply
 
     def run(x_t: torch.Tensor, mu: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return tiled_apply(lambda a, b: net(a, b, t), [x_t, mu], tile=tile, overlap=overlap)
+        return tiled_apply(lambda a, b: net(a, b, t), [x_t, mu], tile=tile, overlap=overlap, progress=progress)
 
     return run

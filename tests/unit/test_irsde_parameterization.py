@@ -8,7 +8,6 @@ sigma_bar_t^2 (at most 1: the conditioning argument for the option); and a modul
 import pytest
 import torch
 
-from irsde.losses import matching_loss
 from irsde.module import IRSDEModule
 from irsde.nets.unet import ConditionalUNet
 from irsde.parameterization import as_noise_model
@@ -54,7 +53,7 @@ def test_reverse_step_mean_weights_x0_hat_by_the_closed_form():
         x_t = mu + sde.max_sigma * torch.randn(1, 1, 2, 2, generator=gen)
         x0_hat = torch.rand(1, 1, 2, 2, generator=gen, requires_grad=True)
         tt = torch.tensor([t])
-        noise = as_noise_model(lambda x, c, s: x0_hat, sde, "x0")(x_t, mu, tt)
+        noise = as_noise_model(lambda x, c, s, out=x0_hat: out, sde, "x0")(x_t, mu, tt)
         mean = sde.reverse_sde_step_mean(x_t, mu, sde.score_from_noise(noise, tt), tt)
         (grad,) = torch.autograd.grad(mean.sum(), x0_hat)
         theta_dt, u_t = float(sde.step_elapsed[t]), float(sde.elapsed[t])
