@@ -251,3 +251,23 @@ def test_quality_sampler_labels_and_plans():
         q.sampler_plan(Module(DenoisingIRSDE(70)), Namespace(sigma=None, samplers=["posterior"], steps=None))
     with pytest.raises(SystemExit):
         q.sampler_plan(Module(IRSDE(10)), Namespace(sigma=None, samplers=["denoise_ode"], steps=None))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# irsde_fast_path
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_fast_path_quick(tmp_path: Path):
+    from benchmarks.irsde_fast_path import main, parse_fast
+
+    assert parse_fast("mr_ode:3@10") == {"label": "fast: mr_ode:3, 10 steps, bf16 + channels_last",
+                                         "sampler": "mr_ode", "steps": 10, "precision": "bf16", "order": 3}
+    out = tmp_path / "fast.json"
+    result = main(["--quick", "--fast", "mr_ode:2@2", "ode@1", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    official, mr, ode = result["rows"]
+    assert (official["sampler"], official["nfe"], official["precision"]) == ("posterior", 4, "32")
+    assert (mr["nfe"], mr["order"], ode["nfe"]) == (2, 2, 1)
+    assert official["speedup_vs_official"] == 1.0
+    assert all(r["seconds_per_image"] > 0 for r in result["rows"])
