@@ -271,3 +271,12 @@ def test_fast_path_quick(tmp_path: Path):
     assert (mr["nfe"], mr["order"], ode["nfe"]) == (2, 2, 1)
     assert official["speedup_vs_official"] == 1.0
     assert all(r["seconds_per_image"] > 0 for r in result["rows"])
+
+
+def test_large_photo_quick(tmp_path: Path):
+    from benchmarks.irsde_large_photo import main
+
+    result = main(["--quick", "--out", str(tmp_path / "large.json")])
+    official, *fast = result["rows"]
+    assert official["precision"] == "32" and all(r["precision"] == "bf16" for r in fast)
+    assert all(r["psnr"] > r["psnr_input"] + 3 for r in result["rows"])  # the shipped model denoises the crop
