@@ -240,17 +240,24 @@ class DIV2KDataModule(PairedDataModule):
 
 class CelebAHQDataModule(PairedDataModule):
     """CelebA-HQ inpainting at `image_size`. Masks from `mask_root` (RePaint gt_keep_masks: mask_root/<kind>
-    or mask_root itself; test image i gets mask i % count, training a random one), else generated ones."""
+    or mask_root itself; test image i gets mask i % count, training a random one), else generated ones
+    (`generated_mask`: box | strokes | pixels, or LaMa's evaluation sets lama_thin_256 ... lama_thick_512, see
+    data.lama_masks). `train_mask`: a generated kind for training only (e.g. "lama", LaMa's training mix, as
+    DiffIR-inpainting trains), whatever the evaluation masks are; None: training draws from the same source."""
 
     name = "celebahq"
 
     def __init__(self, root: str | None = None, mask_root: str | None = None, mask_kind: str = "thin",
                  generated_mask: str = "box", split_ranges: Mapping[str, Sequence[int]] | None = None,
                  train_list_file: str | None = None, test_list_file: str | None = None, image_size: int = 256,
-                 **options: Any) -> None:
+                 train_mask: str | None = None, **options: Any) -> None:
+        from data.lama_masks import LAMA_KINDS
+
         super().__init__(root, **options)
-        if generated_mask not in MASK_KINDS:
-            raise DataError(f"data.generated_mask='{generated_mask}': use one of {', '.join(MASK_KINDS)}.")
+        for key, kind in (("generated_mask", generated_mask), ("train_mask", train_mask)):
+            if kind is not None and kind not in (*MASK_KINDS, *LAMA_KINDS):
+                raise DataError(f"data.{key}='{kind}': use one of {', '.join((*MASK_KINDS, *LAMA_KINDS))}.")
+        self.train_mask = train_mask
         if self.patch_size > image_size:
             raise DataError(f"data.patch_size={self.patch_size} is larger than data.image_size={image_size}: "
                             f"lower the patch size.")
@@ -278,8 +285,18 @@ class CelebAHQDataModule(PairedDataModule):
                         f"data.mask_kind.")
 
     def dataset_options(self, train: bool) -> dict[str, Any]:
-        masks = FolderMask(self.mask_files()) if self.mask_root else GeneratedMask(self.generated_mask)
+        if train and self.train_mask:
+            masks = self.generated_masks(self.train_mask)
+        else:
+            masks = FolderMask(self.mask_files()) if self.mask_root else self.generated_masks(self.generated_mask)
         return {"mask_fn": masks, "gt_size": (self.image_size, self.image_size)}
+
+    @staticmethod
+    def generated_masks(kind: str):
+        """The mask maker f(h, w, seed) of a generated kind (data.masks or data.lama_masks)."""
+        from data.lama_masks import LAMA_KINDS, lama_mask
+
+        return lama_mask(kind) if kind in LAMA_KINDS else GeneratedMask(kind)
 
 
 def clean_images(root: Path, split: str) -> list[Pair]:
