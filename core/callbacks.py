@@ -44,7 +44,16 @@ class Preemption(L.Callback):
     scheduler sees a run that was stopped, not one that finished. See core.preemption for what Lightning does alone.
 
     The decision is reduced over the DDP ranks at every training (and in-fit validation) batch end, so every rank
-    stops at the same batch; `trainer.save_checkpoint` writes on rank 0 only.
+    stops at the same batch; `trainer.save_checkpoint` writes on rank 0 only. The checkpoint resumes exactly
+    (weights, EMA, logged losses and, through data.samplers.ResumableLoader, the data position) because it is written
+    where Lightning's own restart logic expects one (see core.preemption):
+    * after a complete training batch: the stop is Lightning's own SIGTERM stop (`stop_at_batch_end`), raised
+      after the module's on_train_batch_end (the EMA update, which runs after this callback's hook) and the step's
+      logging; `on_exception` writes the checkpoint;
+    * inside a validation: Lightning raises at the end of the validation batch in progress;
+    * after a complete validation: `on_validation_end` writes it, where ModelCheckpoint does (Lightning's restart
+      then skips that validation and counts the logger step itself);
+    * at the end of an epoch: as at the start of the next one (`as_next_epoch_start`).
     """
 
     def __init__(self, signals: tuple[str, ...] | list[str] = ("SIGTERM", "SIGUSR1"), exit_code: int | None = None,
@@ -55,11 +64,14 @@ class Preemption(L.Callback):
         self.exit_code = exit_code
         self.requeue = requeue
         self.flag = SignalFlag()
+        self.stopping: signal.Signals | None = None  # the signal every rank agreed to stop on
+        self._saved_at: int | None = None  # the step whose checkpoint on_validation_end wrote
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         # Before Lightning's own handlers (registered right after this hook): Lightning then leaves SIGUSR1 to us
         # (no mid-step hpc_ckpt) and calls our SIGTERM handler after its own notifier.
+        self.stopping, self._saved_at = None, None
         self.flag.install({*self.signals, *self._slurm_requeue_signal(trainer)})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -69,17 +81,28 @@ class Preemption(L.Callback):
         if trainer.state.fn == "fit" and not trainer.sanity_checking:  # a long validation must not miss the warning
             self._check(trainer)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._check(trainer)
+            if self.stopping is not None:
+                self._save(trainer, self.stopping)
+                self._saved_at = trainer.global_step
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from core.preemption import Preempted
+        from core.preemption import as_next_epoch_start, requeue_slurm_job
 
-        if isinstance(exception, SIGTERMException) and not isinstance(exception, Preempted):
-            # Lightning's own check came first (the signal landed after ours for that batch: its check at the end
-            # of the batch, of a validation or of an epoch). It raises only at boundaries: the state is whole.
-            signum = self._received(trainer) or signal.SIGTERM
+        if isinstance(exception, SIGTERMException):
+            # Lightning's loop stopped at the end of a batch, a validation batch or an epoch (after our _check, or
+            # on its own when SIGTERM landed after our check of that batch): the state is whole.
+            signum = self.stopping or self._received(trainer) or signal.SIGTERM
             if not trainer.sanity_checking:
-                self._save(trainer, signum)
+                if self._saved_at != trainer.global_step:
+                    as_next_epoch_start(trainer)
+                    self._save(trainer, signum)
+                if trainer.is_global_zero and self.requeue and signum in self._slurm_requeue_signal(trainer):
+                    requeue_slurm_job()
             exception.code = self._code(signum)
         # Lightning's teardown, which comes after this hook, may put our handler back (it was there when Lightning
         # registered its own); inactive, it forwards every signal to the handler that was there before.
@@ -95,16 +118,15 @@ class Preemption(L.Callback):
         return signal.SIGTERM if trainer.received_sigterm else None
 
     def _check(self, trainer) -> None:
-        from core.preemption import Preempted, requeue_slurm_job
+        from core.preemption import stop_at_batch_end
 
+        if self.stopping is not None:
+            return
         local = self._received(trainer)
         if not trainer.strategy.reduce_boolean_decision(local is not None, all=False):
             return
-        signum = signal.Signals(trainer.strategy.broadcast(int(local or signal.SIGTERM), src=0))
-        self._save(trainer, signum)
-        if trainer.is_global_zero and self.requeue and signum in self._slurm_requeue_signal(trainer):
-            requeue_slurm_job()
-        raise Preempted(self._code(signum))
+        self.stopping = signal.Signals(trainer.strategy.broadcast(int(local or signal.SIGTERM), src=0))
+        stop_at_batch_end(trainer)
 
     def _code(self, signum: int) -> int:
         from core.preemption import exit_code_for

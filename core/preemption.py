@@ -10,8 +10,10 @@ What Lightning 2.6 does by itself (lightning/pytorch/trainer/connectors/signal_c
   only from the same `default_root_dir`, while Hydra gives every run a fresh one.
 
 `core.callbacks.Preemption` therefore installs its own handlers before Lightning registers its own (on_fit_start):
-they only record the signal; the callback writes `checkpoints/last.ckpt` at the next batch boundary, requeues with
-the helpers below when the signal was SLURM's requeue signal, and ends the process with `Preempted`.
+they only record the signal. At the next batch end the callback sets Lightning's SIGTERM flag (`stop_at_batch_end`),
+so Lightning's loop raises its `SIGTERMException` where it checks for SIGTERM (after the batch is complete); the
+callback's `on_exception` then writes `checkpoints/last.ckpt`, requeues with the helpers below when the signal was
+SLURM's requeue signal, and sets the exit status.
 """
 
 from __future__ import annotations
@@ -27,10 +29,30 @@ from collections.abc import Iterable
 log = logging.getLogger(__name__)
 
 
-class Preempted(SystemExit):
-    """The run stopped on a preemption signal after writing its checkpoint. A `SystemExit`, like Lightning's own
-    `SIGTERMException`, so Lightning tears down (loggers finalized, `on_exception` hooks) and Python exits with
-    `code` and no traceback."""
+def stop_at_batch_end(trainer) -> None:
+    """Stop the fit where Lightning stops on SIGTERM: what its notifier (`_SignalConnector._sigterm_notifier_fn`)
+    sets, without its launcher kill and broadcast (every rank sets it here at the same batch). The training loop
+    then raises `SIGTERMException` (a `SystemExit`) at the end of the batch in progress, after the module's
+    on_train_batch_end and the step's logging (training_epoch_loop.on_advance_end), or at the end of the validation
+    batch in progress. Stopping earlier, in a callback's on_train_batch_end, would checkpoint a step whose EMA update
+    and logged loss are missing."""
+    trainer._signal_connector.received_sigterm = True
+
+
+def as_next_epoch_start(trainer) -> None:
+    """Before a checkpoint written after the last batch of an epoch (the fit loop's SIGTERM check comes after it
+    counts the epoch complete): reset the training epoch loop's per-epoch counters as the next epoch's start would
+    (TrainingEpochLoop.reset when not restarting). Lightning 2.6 otherwise resumes such a checkpoint as the middle of
+    the next epoch with the finished epoch's batch count, and ends that epoch after its first batch. Inside an epoch
+    it does nothing. The process ends after this checkpoint, so changing the live loop costs nothing."""
+    epochs = trainer.fit_loop.epoch_progress.total
+    if epochs.ready == 0 or epochs.completed != epochs.ready:
+        return
+    loop = trainer.fit_loop.epoch_loop
+    loop.batch_progress.reset_on_run()
+    loop.scheduler_progress.reset_on_run()
+    loop.automatic_optimization.optim_progress.reset_on_run()
+    loop.val_loop.batch_progress.total.reset()
 
 
 def signal_from_name(sig: str | int | signal.Signals) -> signal.Signals:

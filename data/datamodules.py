@@ -33,7 +33,7 @@ from data.layouts import (
     single_folder,
 )
 from data.masks import MASK_KINDS, FolderMask, GeneratedMask
-from data.samplers import EpochSeededSampler
+from data.samplers import EpochSeededSampler, ResumableLoader
 from data.synthetic import NoiseLQ
 from data.verify import require_decodable, verify_images
 
@@ -178,11 +178,13 @@ class PairedDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         workers = self.num_workers
         sampler = EpochSeededSampler(len(dataset)) if train else None
+        # training: a loader whose position Lightning checkpoints, resumed at any step (data.samplers)
+        loader_class = ResumableLoader if train else DataLoader
         # A private generator for the loader's own seed draws (one per iterator): they would otherwise consume
         # torch's global RNG, whose state the checkpoint restores for the training noise.
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                          generator=torch.Generator().manual_seed(torch.initial_seed() % 2**63))
+        return loader_class(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+                            persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator().manual_seed(torch.initial_seed() % 2**63))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, train=True)

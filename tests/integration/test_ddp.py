@@ -72,7 +72,7 @@ def test_ranks_train_on_disjoint_shards_of_the_seeded_items(runs):
         assert not first & second, f"both ranks trained on {first & second} in epoch {step}"
         assert first | second == set(range(TRAIN_SAMPLES)), "together the ranks cover the epoch"
         # What the epoch-seeded sampler defines for this epoch, computed here without Lightning: its
-        # (index, sample seed) pairs must reach the dataset intact through Lightning's sampler wrapper.
+        # (index, sample seed) pairs must reach each rank's dataset intact (it is a DistributedSampler, used as is).
         sampler = EpochSeededSampler(TRAIN_SAMPLES, seed=SEED)
         sampler.set_epoch(step)
         seeds = dict(iter(sampler))

@@ -19,7 +19,7 @@ from core.cli import CONFIG_DIR  # noqa: E402
 from core.errors import ConfigError  # noqa: E402
 from tests.integration.conftest import run_tree  # noqa: E402
 
-# 2 batches an epoch, so the step-2 checkpoint ends an epoch (a mid-epoch resume restarts the epoch's data)
+# 2 batches an epoch, so the step-2 checkpoint ends an epoch
 TINY = [
     "model.net.dim=8", "model.net.num_blocks=[1,1,1,1]", "model.net.heads=[1,1,1,1]",
     "model.net.num_refinement_blocks=1", "model.net.n_encoder_res=1", "model.val_panels=2",
