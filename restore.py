@@ -14,7 +14,6 @@ folder of masks named like the inputs.
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import hydra
@@ -30,7 +29,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     from tqdm import tqdm
 
     from core.errors import ConfigError, DataError
-    from core.io import list_images, read_image, to_tensor, write_image
+    from core.io import image_seed, list_images, read_image, to_tensor, write_image
     from core.loading import pick_device, restorer_source
     from core.restorer import OPTION_KEYS, build_restorer, prepare_for_inference
     from data.masks import mask_for
@@ -54,7 +53,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     for path in tqdm(files, desc="restoring", disable=not cfg.progress):
         lq = to_tensor(read_image(path))[None].to(device)
         # seeded by the file name: an image restores the same alone or within a folder
-        generator = torch.Generator(device=device).manual_seed(int(cfg.seed) + zlib.crc32(path.name.encode()))
+        generator = torch.Generator(device=device).manual_seed(image_seed(cfg.seed, path.name))
         conditions = {"mask": mask_for(cfg.mask, path, lq)} if "mask" in restorer.conditions and cfg.mask else {}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.precision) == "bf16"):
             restored = restorer.restore(lq, generator=generator, **conditions).float()

@@ -9,6 +9,7 @@ EXIF orientation is not applied, again like that loader, so pixels match the fil
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,9 @@ def write_image(path: str | Path, img: np.ndarray | torch.Tensor) -> None:
         arr = arr[:, :, 0]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
+
+
+def image_seed(seed: int, name: str) -> int:
+    """The sampler seed of the image file `name` (restore.py, the web page): seed + a hash of the name, so an
+    image restores the same alone, within a folder or uploaded to the page."""
+    return int(seed) + zlib.crc32(name.encode())
