@@ -97,8 +97,9 @@ def sigterm(tmp_path_factory, full) -> dict:
     tmp = tmp_path_factory.mktemp("sigterm")
     runs, probe = tmp / "runs", tmp / "probe"
     common = ["name=tiny", f"paths.log_dir={runs}", *COMMON]
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": "1"}
+    # the same threading as this process's runs (no OMP_NUM_THREADS of its own): bit-exact needs the same number
+    # of threads in every run, since float sums (in the network and in the synthetic degradations) split by thread
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_SILENT": "true", "PYTHONPATH": str(REPO)}
     log = open(tmp / "log.txt", "w+")
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *TINY, *common, "hydra.run.dir=${paths.log_dir}/${name}/a",
