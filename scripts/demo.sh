@@ -2,18 +2,19 @@
 # The whole demo on a fresh machine: install into ./.venv, train IR-SDE briefly on the built-in demo data (to
 # show training works: the loss falls), then evaluate the shipped demo checkpoint on the held-out demo images:
 # per-image and mean PSNR/SSIM of the degraded input vs the restored output, and a picture LQ | restored | GT.
-# Last, DiffPIR fills holes in held-out demo faces with the shipped demo prior (a DDPM trained on 90 faces).
+# Then DiffIR stage 2 deblurs the held-out photos with its shipped demo checkpoint, and last DiffPIR fills holes in
+# held-out demo faces with the shipped demo prior (a DDPM trained on 90 faces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_SILENT=true
 PY=.venv/bin/python
 
-echo "== 1/3 training IR-SDE from scratch on the demo data (Gaussian noise over scikit-image photos) =="
+echo "== 1/4 training IR-SDE from scratch on the demo data (Gaussian noise over scikit-image photos) =="
 $PY train.py experiment=irsde_demo hydra.run.dir=runs/demo/train
 
 echo
-echo "== 2/3 evaluating the shipped demo checkpoint (assets/irsde_demo_denoise.ckpt, trained with"
+echo "== 2/4 evaluating the shipped demo checkpoint (assets/irsde_demo_denoise.ckpt, trained with"
 echo "       python train.py experiment=irsde_demo_ckpt) on the held-out demo images =="
 $PY evaluate.py ckpt=assets/irsde_demo_denoise.ckpt out=runs/demo/eval
 echo
@@ -21,9 +22,15 @@ echo "picture (LQ | restored | GT): runs/demo/eval/preview.png   metrics: runs/d
 echo "the model trained in step 1 is in runs/demo/train/checkpoints/last.ckpt (python evaluate.py ckpt=...)"
 
 echo
-echo "== 3/3 DiffPIR: box inpainting of the held-out demo faces, 20 NFEs, with the shipped demo prior"
+echo "== 3/4 DiffIR stage 2: deblurring the held-out demo photos with the shipped demo checkpoint"
+echo "       (assets/diffir_demo_s2.ckpt, trained with experiment=diffir_s1_demo_ckpt then diffir_s2_demo_ckpt) =="
+$PY evaluate.py ckpt=assets/diffir_demo_s2.ckpt out=runs/demo/diffir
+
+echo
+echo "== 4/4 DiffPIR: box inpainting of the held-out demo faces, 20 NFEs, with the shipped demo prior"
 echo "       (assets/diffpir_demo_faces_prior.ckpt, trained with python train.py experiment=diffpir_prior_demo) =="
 $PY evaluate.py model=diffpir prior_ckpt=assets/diffpir_demo_faces_prior.ckpt task=inpainting mask=box \
     out=runs/demo/diffpir
 echo
-echo "pictures (measurement | restored | GT): runs/demo/eval/preview.png (IR-SDE), runs/demo/diffpir/preview.png (DiffPIR)"
+echo "pictures (measurement | restored | GT): runs/demo/eval/preview.png (IR-SDE), runs/demo/diffir/preview.png (DiffIR),"
+echo "runs/demo/diffpir/preview.png (DiffPIR)"
