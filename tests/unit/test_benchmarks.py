@@ -280,3 +280,18 @@ def test_large_photo_quick(tmp_path: Path):
     official, *fast = result["rows"]
     assert official["precision"] == "32" and all(r["precision"] == "bf16" for r in fast)
     assert all(r["psnr"] > r["psnr_input"] + 3 for r in result["rows"])  # the shipped model denoises the crop
+
+
+def test_recipes_reads_validation_curves_of_resumed_runs(tmp_path: Path):
+    from benchmarks.irsde_recipes import main
+
+    for folder, rows in (("a/first", [(249, 5.0), (499, 6.0)]), ("a/resumed", [(749, 7.0)]), ("b/run", [(249, 20.0)])):
+        path = tmp_path / folder / "csv" / "metrics.csv"
+        path.parent.mkdir(parents=True)
+        lines = ["epoch,step,train/loss,val/psnr", "0,10,0.1,"] + [f"0,{s},,{p}" for s, p in rows]
+        path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "r.json"
+    result = main([f"noise={tmp_path / 'a'}", f"x0={tmp_path / 'b'}", "--input-psnr", "19", "--out", str(out)])
+    assert [p["step"] for p in result["curves"]["noise"]] == [250, 500, 750]
+    assert result["curves"]["x0"] == [{"step": 250, "val_psnr": 20.0}]
+    assert out.with_suffix(".png").is_file()
