@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import DataError
 from core.io import image_size, list_images
 from data.datasets import PairedImageDataset
+from data.lama_masks import LAMA_KINDS, lama_mask
 from data.layouts import (
     SHOW,
     Pair,
@@ -253,8 +254,6 @@ class CelebAHQDataModule(PairedDataModule):
                  generated_mask: str = "box", split_ranges: Mapping[str, Sequence[int]] | None = None,
                  train_list_file: str | None = None, test_list_file: str | None = None, image_size: int = 256,
                  train_mask: str | None = None, **options: Any) -> None:
-        from data.lama_masks import LAMA_KINDS
-
         super().__init__(root, **options)
         for key, kind in (("generated_mask", generated_mask), ("train_mask", train_mask)):
             if kind is not None and kind not in (*MASK_KINDS, *LAMA_KINDS):
@@ -296,8 +295,6 @@ class CelebAHQDataModule(PairedDataModule):
     @staticmethod
     def generated_masks(kind: str):
         """The mask maker f(h, w, seed) of a generated kind (data.masks or data.lama_masks)."""
-        from data.lama_masks import LAMA_KINDS, lama_mask
-
         return lama_mask(kind) if kind in LAMA_KINDS else GeneratedMask(kind)
 
 
