@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(args.out, result)
     references = {"degraded input": args.input_psnr} if args.input_psnr is not None else None
     line_plot(args.out.with_suffix(".png"), {k: list(v) for k, v in curves.items()}, "IR-SDE recipes on the demo",
-              "training steps", "validation PSNR (dB)", references)
+              "training steps", "validation PSNR (dB)", references, log_x=False)
     steps = sorted({s for points in curves.values() for s, _ in points})
     rows = [[label] + [f"{dict(points)[s]:.2f}" if s in dict(points) else "-" for s in steps]
             for label, points in curves.items()]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 
 def line_plot(path: Path, series: dict[str, list[tuple[float, float]]], title: str, x_label: str, y_label: str,
-              references: dict[str, float] | None = None) -> Path:
-    """One line per series on a log-scaled x axis (step counts, each one a tick); a dotted horizontal line per
-    reference (e.g. the degraded input's PSNR), coloured like the series of the same name prefix."""
+              references: dict[str, float] | None = None, log_x: bool = True) -> Path:
+    """One line per series on a log-scaled x axis (step counts, each one a tick; log_x=False: a linear axis with
+    matplotlib's ticks); a dotted horizontal line per reference (e.g. the degraded input's PSNR), coloured like the
+    series of the same name prefix."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,10 +23,11 @@ def line_plot(path: Path, series: dict[str, list[tuple[float, float]]], title: s
     for label, value in (references or {}).items():
         colour = next((c for name, c in colours.items() if label.startswith(name)), "grey")
         ax.axhline(value, color=colour, linestyle=":", linewidth=1.2, label=label)
-    ticks = sorted({x for points in series.values() for x, _ in points})
-    ax.set_xscale("log")
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
+    if log_x:
+        ticks = sorted({x for points in series.values() for x, _ in points})
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
     ax.set(xlabel=x_label, ylabel=y_label, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
