@@ -4,7 +4,8 @@
 # 1. the CUDA tests (tests/gpu: networks and samplers on CUDA against the CPU, the bf16 fast path);
 # 2. a short training of each demo experiment with trainer.accelerator=gpu trainer.precision=bf16-mixed;
 # 3. an evaluation of the shipped demo model on CUDA, official sampler and fast path;
-# 4. the IR-SDE speed benchmarks with --device cuda: eager and torch.compile'd fast path.
+# 4. the IR-SDE speed benchmarks with --device cuda (eager and torch.compile'd fast path) and activation
+#    checkpointing's memory and step time for every large network at its official batch and patch size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -41,4 +42,5 @@ step "speed benchmarks on CUDA"
 "$PY" -m benchmarks.irsde_fast_path --device cuda --fast mr_ode:2@10 mr_ode:2@5 --compile \
     --out "$OUT/irsde_fast_path_compiled.json"
 "$PY" -m benchmarks.irsde_speed --device cuda --no-memory --out "$OUT/irsde_speed.json"
+"$PY" -m benchmarks.activation_checkpointing --device cuda --out "$OUT/activation_checkpointing_cuda.json"
 echo; echo "done: $OUT"
