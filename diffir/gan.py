@@ -54,3 +54,17 @@ class GANLoss:
         else:  # hinge, generator
             loss = -pred.mean()
         return loss if is_disc else loss * self.loss_weight
+
+
+def generator_discriminator_optimizers(module) -> list[dict]:
+    """Lightning's optimizer entries of a manual-optimization GAN recipe (S2-GAN, LaMa inpainting): the generator's
+    trainable networks, then the discriminator, each with its optional per-step scheduler."""
+    params = [p for net in module.trainable_networks() for p in net.parameters() if p.requires_grad]
+    optimizers = (module.optimizer_factory(params), module.optimizer_d_factory(list(module.discriminator.parameters())))
+    entries = []
+    for optimizer, factory in zip(optimizers, (module.scheduler_factory, module.scheduler_d_factory)):
+        entry = {"optimizer": optimizer}
+        if factory is not None:
+            entry["lr_scheduler"] = {"scheduler": factory(optimizer), "interval": "step"}
+        entries.append(entry)
+    return entries

@@ -31,6 +31,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.training import NonFiniteLossError
+from diffir.gan import generator_discriminator_optimizers
 from diffir.inpaint_losses import NonSaturatingR1, feature_matching_loss
 from diffir.stage1 import DiffIRStage1Module
 from diffir.stage2 import DiffIRStage2Module
@@ -98,15 +99,7 @@ class LamaRecipe:
 
     # -- optimizers ----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for net in self.trainable_networks() for p in net.parameters() if p.requires_grad]
-        optimizers = (self.optimizer_factory(params), self.optimizer_d_factory(list(self.discriminator.parameters())))
-        entries = []
-        for optimizer, factory in zip(optimizers, (self.scheduler_factory, self.scheduler_d_factory)):
-            entry = {"optimizer": optimizer}
-            if factory is not None:
-                entry["lr_scheduler"] = {"scheduler": factory(optimizer), "interval": "step"}
-            entries.append(entry)
-        return entries
+        return generator_discriminator_optimizers(self)
 
     # -- training ------------------------------------------------------------------------------------------------
     def generate(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:

@@ -48,7 +48,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.training import NonFiniteLossError
-from diffir.gan import GANLoss
+from diffir.gan import GANLoss, generator_discriminator_optimizers
 from diffir.stage2 import DiffIRStage2Module
 from diffir.stage2_init import load_stage2
 
@@ -148,15 +148,7 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
 
     # -- optimizers --------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        params = [p for net in self.trainable_networks() for p in net.parameters() if p.requires_grad]
-        optimizers = [self.optimizer_factory(params), self.optimizer_d_factory(list(self.discriminator.parameters()))]
-        entries = []
-        for optimizer, factory in zip(optimizers, (self.scheduler_factory, self.scheduler_d_factory)):
-            entry = {"optimizer": optimizer}
-            if factory is not None:
-                entry["lr_scheduler"] = {"scheduler": factory(optimizer), "interval": "step"}
-            entries.append(entry)
-        return entries
+        return generator_discriminator_optimizers(self)
 
     def generator_steps(self, iteration: int) -> bool:
         """Whether the generator is updated at this (1-based) iteration (the official condition)."""
