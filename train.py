@@ -21,9 +21,11 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L
 
     from core.checkpoint import AtomicCheckpointIO, resolve_ckpt_path
+    from core.cli import trainer_arguments
     from core.loading import instantiate
     from core.training import explain_out_of_memory
 
+    trainer_args = trainer_arguments(cfg.trainer)  # a misspelt trainer.* key: one line before any work
     L.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -34,10 +36,10 @@ def train(cfg: DictConfig) -> dict:
     if logger:
         logger.log_hyperparams(run_config)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
-    trainer = L.Trainer(**cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     with explain_out_of_memory(cfg.data, trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir,
-                                                                                cfg.name))
+        ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.name, run_dir=out_dir)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     results = {"run_dir": str(out_dir), "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}}
     if cfg.test_after_fit:  # the test split through the one evaluation loop (RestorationModule.test_step)
         (scores,) = trainer.test(module, datamodule=datamodule)

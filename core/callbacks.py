@@ -206,3 +206,19 @@ class CheckpointWrites(L.Callback):
             log.warning("callbacks.checkpoint_writes: the trainer's checkpoint plugin is %s, not "
                         "core.checkpoint.AtomicCheckpointIO; on_error=%s has no effect", type(io).__name__,
                         self.on_error)
+
+
+class FinalCheckpoint(L.Callback):
+    """last.ckpt holds the step training ended at. Lightning's ModelCheckpoint(save_last=True) rewrites last.ckpt
+    only with a top-k save (here: at every validation) and at the end of training only when it never saved, so
+    a run whose max_steps falls between two validations would end with a last.ckpt some steps behind its final
+    weights, and "train longer" would redo those steps. At the end of fit this writes it through the
+    ModelCheckpoint that keeps last.ckpt (its bookkeeping and file name), unless that step is already saved.
+    When max_steps ended the run inside an epoch, the checkpoint records a stop after the final batch
+    (core.resume_state), so extending the run is exact."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for cb in trainer.checkpoint_callbacks:
+            # ModelCheckpoint's own test: not under fast_dev_run or sanity checking, and this step not yet saved
+            if getattr(cb, "save_last", False) and not cb._should_skip_saving_checkpoint(trainer):
+                cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))

@@ -157,12 +157,15 @@ def _first_intact(paths: list[Path], bad: list[str]) -> Path | None:
     return None
 
 
-def resolve_ckpt_path(ckpt_path: str | os.PathLike | None, log_dir: str | os.PathLike, name: str) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | os.PathLike | None, log_dir: str | os.PathLike, name: str,
+                      run_dir: str | os.PathLike | None = None) -> str | None:
     """The checkpoint file train.py resumes, from `ckpt_path=`:
 
     * null (or empty): None, a fresh run;
-    * `last`: the newest `checkpoints/last.ckpt` among the runs of this `name` (log_dir/<name>/*/checkpoints/,
-      by modification time: Hydra gives every run a fresh folder, so a resumed run is a new folder too);
+    * `last`: the run folder this run writes to (`run_dir`, i.e. a fixed `hydra.run.dir`, how a requeued cluster
+      job continues in its own folder) when it holds a checkpoint; otherwise the newest `checkpoints/last.ckpt`
+      among the runs of this `name` (log_dir/<name>/*/checkpoints/, by modification time: Hydra gives every run a
+      fresh folder by default, so a resumed run is a new folder too). The log says which one it took;
     * a run folder (runs/<name>/<date_time>/) or its checkpoints/ folder: its checkpoints/last.ckpt;
     * a file: that file.
 
@@ -178,20 +181,27 @@ def resolve_ckpt_path(ckpt_path: str | os.PathLike | None, log_dir: str | os.Pat
         return value
     bad: list[str] = []
     if value == "last":
+        own = Path(run_dir) / "checkpoints" if run_dir else None
+        if own is not None and own.is_dir() and _candidates(own):
+            found = _first_intact(_candidates(own), bad)
+            if found is not None:
+                _say(logging.INFO, "ckpt_path=last: resuming from %s, in this run's folder %s", found, run_dir)
+                return str(found)
         root = Path(log_dir) / name
-        dirs = [d for d in root.glob("*/checkpoints") if d.is_dir() and _candidates(d)]
+        dirs = [d for d in root.glob("*/checkpoints") if d.is_dir() and d != own and _candidates(d)]
         dirs.sort(key=lambda d: max(p.stat().st_mtime for p in _candidates(d)), reverse=True)
-        if not dirs:
-            raise CheckpointError(f"ckpt_path=last: no checkpoint of an earlier run named {name!r} "
+        here = f" in this run's folder {run_dir} nor" if own is not None else ""
+        if not dirs and not bad:
+            raise CheckpointError(f"ckpt_path=last: no checkpoint{here} of an earlier run named {name!r} "
                                   f"({root}/*/checkpoints/last.ckpt); start without ckpt_path, or pass a run "
                                   "folder or a .ckpt file (ckpt_path=runs/<name>/<date_time>)")
         for d in dirs:
             found = _first_intact(_candidates(d), bad)
             if found is not None:
-                _say(logging.INFO, "ckpt_path=last: resuming from %s", found)
+                _say(logging.INFO, "ckpt_path=last: resuming from %s, the newest run named %r", found, name)
                 return str(found)
-        raise CheckpointError(f"ckpt_path=last: no intact checkpoint of the runs named {name!r} under {root}: "
-                              + "; ".join(bad))
+        raise CheckpointError(f"ckpt_path=last: no intact checkpoint{here} of the runs named {name!r} under "
+                              f"{root}: " + "; ".join(bad))
     path = Path(value)
     if path.is_dir():  # a run folder, or a folder of checkpoints
         ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path

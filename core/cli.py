@@ -86,6 +86,26 @@ def hydra_argv(config_name: str, argv: list[str]) -> list[str]:
     return out
 
 
+def trainer_arguments(section: DictConfig | dict | None) -> dict[str, Any]:
+    """The `trainer.*` section as keyword arguments of lightning.pytorch.Trainer; a key the installed Trainer does
+    not take is a ConfigError naming the closest valid ones (trainer.max_stepz -> trainer.max_steps), instead of
+    Trainer's TypeError and traceback. logger, callbacks and plugins are built by the entry points."""
+    import difflib
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    values = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section or {})
+    valid = sorted(set(inspect.signature(Trainer.__init__).parameters) - {"self", "logger", "callbacks", "plugins"})
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(f'trainer.{c}' for c in close)}? " if close else ""
+            raise ConfigError(f"unknown option trainer.{key}: {hint}(lightning's Trainer takes "
+                              f"{', '.join(valid)})")
+    return values
+
+
 def caught(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Inside a @hydra.main function: the task's result, or the UserError it raised (re-raised by run_hydra
     outside Hydra, so the user sees one line, not Hydra's report around it)."""

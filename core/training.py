@@ -189,7 +189,11 @@ class RestorationModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from core.resume_state import as_mid_epoch_stop
+
         checkpoint["config"] = self.run_config
+        if self._trainer is not None and "loops" in checkpoint:
+            as_mid_epoch_stop(self.trainer, checkpoint)  # max_steps inside an epoch: extending the run is exact
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state_to_plain(np.random.get_state()),

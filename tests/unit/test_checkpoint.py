@@ -147,6 +147,25 @@ def test_resolve_last_is_the_newest_run(tmp_path):
     assert resolve_ckpt_path("last", tmp_path, "tiny") == str(newest / "checkpoints" / "last.ckpt")
 
 
+def test_resolve_last_takes_this_runs_folder_first(tmp_path, caplog):
+    """A fixed hydra.run.dir (a requeued cluster job's own folder) resumes from itself, even when another run of
+    that name is newer; an empty or unusable own folder falls back to the newest run of the name."""
+    own = _run(tmp_path, "job42", {"step0000002.ckpt": 2, "last.ckpt": 3}, 1e9)
+    newer = _run(tmp_path, "2026-01-02_00-00-00", {"last.ckpt": 8}, 2e9)
+    with caplog.at_level(logging.INFO, logger="core.checkpoint"):
+        assert resolve_ckpt_path("last", tmp_path, "tiny", run_dir=own) == str(own / "checkpoints" / "last.ckpt")
+    assert f"in this run's folder {own}" in caplog.text  # the log says which one it took
+    _truncate(own / "checkpoints" / "last.ckpt")
+    assert resolve_ckpt_path("last", tmp_path, "tiny", run_dir=own) == str(own / "checkpoints" / "step0000002.ckpt")
+    fresh = tmp_path / "elsewhere" / "job43"  # a fixed folder outside runs/<name>/ that wrote nothing yet
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="core.checkpoint"):
+        assert resolve_ckpt_path("last", tmp_path, "tiny", run_dir=fresh) == str(newer / "checkpoints" / "last.ckpt")
+    assert "the newest run named 'tiny'" in caplog.text
+    with pytest.raises(CheckpointError, match=f"no checkpoint in this run's folder {fresh} nor of an earlier run"):
+        resolve_ckpt_path("last", tmp_path, "other", run_dir=fresh)
+
+
 def test_corrupted_last_falls_back_to_newest_intact(tmp_path, caplog):
     run = _run(tmp_path, "2026-01-01_00-00-00",
                {"step0000004.ckpt": 4, "step0000006.ckpt": 6, "best-step0000003-psnr30.000.ckpt": 3,
