@@ -621,6 +621,104 @@ def test_denoising_mr_sde_order1_is_the_posterior_step_of_its_forward_process():
         torch.testing.assert_close(states[s], x, rtol=0, atol=1e-12)
 
 
+def reverse_denoising_sde(u_t: float, u_s: float, x_t: float, pred) -> tuple[float, float]:
+    """(mean, variance) at u_s of the official denoising reverse SDE started at x_t (variance 0) at u_t, with the
+    data prediction ``pred(u)`` in its score -(x - pred(u)) / σ(u)², integrated numerically in u (DOP853):
+    x_s = x_t - (drift over the step) + (dispersion) z with drift coth(u) (x - D) du and noise variance 2 λ² du
+    per unit of u (as read off DenoisingIRSDE in the test below), so
+
+        dx/du = coth(u) (x - pred(u)),    dV/du = 2 coth(u) V - 2 λ²    (integrated from u_t down to u_s)."""
+    from scipy.integrate import solve_ivp
+
+    def rhs(u, state):
+        x, v = state
+        coth = 1 / math.tanh(u)
+        return [coth * (x - pred(u)), 2 * coth * v - 2 * LAM_D**2]
+
+    sol = solve_ivp(rhs, (u_t, u_s), [x_t, 0.0], method="DOP853", rtol=1e-13, atol=1e-15)
+    assert sol.success, sol.message
+    return float(sol.y[0, -1]), float(sol.y[1, -1])
+
+
+def denoise_tau(u: float) -> float:
+    """The clock of the linear part: d/du log sinh(u) = coth(u), so x / sinh(u) has no x-term and e^{-τ} ∝ sinh(u);
+    the module's normalisation e^{-τ} = σ² / sqrt(λ² - σ²) = 2 λ sinh(u)."""
+    return -math.log(2 * LAM_D * math.sinh(u))
+
+
+def linear_in_tau(u: float) -> float:
+    """A data prediction linear in the clock τ (``line`` of τ(u))."""
+    return line(denoise_tau(u))
+
+
+def line(tau: float) -> float:
+    return 0.7 - 1.1 * (tau - 3.0)
+
+
+def test_denoising_sde_step_is_exact_for_a_data_prediction_linear_in_its_clock():
+    """``denoise_sde_step`` with D constant (order 1) or linear in τ (2M, fed D at τ_t and τ_t - H_0) must equal the
+    exact solution of the official denoising reverse SDE's linear part for that data prediction, whatever H and H_0:
+    this checks the step-ratio bookkeeping that τ-uniform grids cannot see (H = H_0 there). The exact solution is
+    a numerical ODE integration in u of the SDE as DenoisingIRSDE defines it, independent of the module's τ algebra;
+    ``denoise_sde_std`` is checked against the same integration's variance."""
+    def f64(value: float) -> torch.Tensor:
+        return torch.tensor([value], dtype=torch.float64)
+
+    sde = float64_denoising_sde()  # the drift and dispersion the reference ODE uses, read off the suite's SDE
+    x, d = f64(0.37), 0.1
+    for t in (3, 22, 60):
+        u, du = float(sde.elapsed[t]), float(sde.elapsed[t] - sde.elapsed[t - 1])
+        score = -(x - d) / float(sde.sigma_bars[t]) ** 2
+        drift = x - sde.reverse_sde_step_mean(x, None, score, t, t - 1)
+        assert float(drift) / du == pytest.approx((float(x) - d) / math.tanh(u), rel=1e-12)
+        assert float(sde.dispersion(t, t - 1)) ** 2 / du == pytest.approx(2 * LAM_D**2, rel=1e-12)
+
+    u_t, u_s = 0.35, 0.06
+    sigma_t, sigma_s = (LAM_D * math.sqrt(-math.expm1(-2 * u)) for u in (u_t, u_s))
+    tau_t, tau_s = denoise_tau(u_t), denoise_tau(u_s)
+    assert mrs.denoise_clock(sigma_t, LAM_D) == pytest.approx(tau_t, rel=1e-12)
+    assert mrs.denoise_clock(sigma_s, LAM_D) == pytest.approx(tau_s, rel=1e-12)
+    H = tau_s - tau_t  # 1.78
+    std = mrs.denoise_sde_std(sigma_t, sigma_s, LAM_D)
+    zero, one = torch.zeros_like(x), torch.ones_like(x)
+
+    d0 = f64(linear_in_tau(u_t))
+    mean, var = reverse_denoising_sde(u_t, u_s, float(x), lambda u: float(d0))
+    assert std**2 == pytest.approx(var, rel=1e-9)
+    torch.testing.assert_close(mrs.denoise_sde_step(x, d0, None, H, None, std, zero), f64(mean),
+                               rtol=1e-9, atol=0)
+    torch.testing.assert_close(mrs.denoise_sde_step(x, d0, None, H, None, std, one) - mean,
+                               f64(std), rtol=1e-9, atol=0)
+
+    mean, _ = reverse_denoising_sde(u_t, u_s, float(x), linear_in_tau)
+    for H0 in (0.4, H, 2.6):  # shorter than H, equal (the τ-uniform case), longer
+        d1 = f64(line(tau_t - H0))  # the earlier prediction, H0 earlier on the clock
+        out = mrs.denoise_sde_step(x, d0, d1, H, H0, std, zero)
+        torch.testing.assert_close(out, f64(mean), rtol=1e-9, atol=0, msg=f"H0={H0}")
+
+
+def test_denoising_mr_sde_order2_chain_keeps_the_clock_history(monkeypatch):
+    """mr_sde(order=2) on two unequal steps (H_0 = 0.31, H = 1.76 on τ), noise switched off, a model whose data
+    prediction is exactly linear in τ: the first-order warm-up step is the exact solution with D frozen at its start,
+    the second step the exact solution for the linear D (it sees D at both evaluated times and H_0 = τ_1 - τ_0)."""
+    sched = ContinuousDenoising()
+    us = [0.6, 0.45, 0.08]
+    times = [u / sched.U for u in us]
+
+    def model(x, cond, t):
+        t = float(t[0])
+        return (x - linear_in_tau(sched.U * t)) / sched.sigma(t)  # x0_hat = x - σ ε̂ = linear_in_tau
+
+    states = {}
+    monkeypatch.setattr(mrs, "randn_like", lambda x, generator=None: torch.zeros_like(x))
+    x0 = torch.full((1, 1, 1, 2), 0.37, dtype=torch.float64)
+    out = mrs.mr_sde(sched, model, x0, times=times, order=2, callback=lambda i, s, x: states.update({i: x}))
+    x1, _ = reverse_denoising_sde(us[0], us[1], 0.37, lambda u: linear_in_tau(us[0]))
+    x2, _ = reverse_denoising_sde(us[1], us[2], x1, linear_in_tau)
+    torch.testing.assert_close(states[0], torch.full_like(x0, x1), rtol=1e-9, atol=0)
+    torch.testing.assert_close(out, torch.full_like(x0, x2), rtol=1e-9, atol=0)
+
+
 @pytest.mark.parametrize("order", [1, 2])
 def test_denoising_mr_sde_law_converges_to_the_data_distribution_at_its_weak_order(order, monkeypatch):
     """Exact output law (``chain_law``) from N(M, S² + σ_in²) on a λ-uniform grid to λ = 5, against N(M, S² + σ_e²).
