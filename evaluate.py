@@ -4,9 +4,12 @@
   python evaluate.py weights=lastest_EMA.pth experiment=irsde_rain100h data.root=DIR   (official release weights)
   python evaluate.py model=diffpir prior_ckpt=PRIOR task=sr_x4 data=celebahq noise_sigma=0.05 nfe=100
   python evaluate.py restored=DIR gt=DIR [data=rain100h | convention=y|rgb crop_border=N] [out=DIR]
+  python evaluate.py ckpt=... trainer.devices=4 [trainer.num_nodes=2] [trainer.strategy=ddp]   (many devices)
 
 Prints a table (PSNR, SSIM, LPIPS, FID, NFEs, seconds per image), writes out/metrics.json (means at the top
 level), out/per_image.csv, the restored PNGs (out/images/) and LQ | restored | GT panels (out/preview.png).
+On N devices every rank restores its shard of the images through Lightning's Trainer.test (core.inference) and
+the files are those of one process: each image's noise depends only on seed= and the image.
 """
 
 from __future__ import annotations
@@ -22,50 +25,58 @@ RESULT: list[dict] = []
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from core import evaluation as ev
-    from core.errors import ConfigError
-    from core.loading import instantiate, pick_device, restorer_source
-    from core.restorer import OPTION_KEYS, build_restorer, prepare_for_inference
+    from torch.utils.data import Subset
 
+    from core import evaluation as ev
+    from core.cli import trainer_arguments
+    from core.errors import ConfigError
+    from core.inference import EvaluationModule, inference_trainer
+    from core.loading import instantiate, restorer_source
+    from core.restorer import OPTION_KEYS, build_restorer
+
+    trainer_args = trainer_arguments(cfg.trainer)
     module, run_cfg, source = restorer_source(cfg)
     if run_cfg.get("data") is None:
         raise ConfigError(f"{source} carries no data settings: choose the images to evaluate on with "
                           "data=celebahq|div2k|demo_faces|folders|... (and data.root=DIR)")
     datamodule = instantiate(OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True)))
     datamodule.setup("test")
-    device = pick_device(cfg.device)
-    module = prepare_for_inference(module, device, cfg.precision)
-    restorer = build_restorer(module, {k: cfg.get(k) for k in OPTION_KEYS}, progress=cfg.progress,
-                              compile=cfg.compile)
+    dataset = datamodule.test_set
+    if cfg.max_images is not None:
+        dataset = Subset(dataset, range(min(int(cfg.max_images), len(dataset))))
     convention = {"y_channel": bool(datamodule.metric_y_channel),
-                  "crop_border": int(datamodule.metric_crop_border), **restorer.scoring(), **_user_convention(cfg)}
-    metrics = ev.ImageMetrics(**convention, perceptual=cfg.perceptual)
-    dataset = getattr(datamodule, "name", run_cfg.data.get("_target_", "data").split(".")[-1])
+                  "crop_border": int(datamodule.metric_crop_border), **_user_convention(cfg)}
+    data_name = getattr(datamodule, "name", run_cfg.data.get("_target_", "data").split(".")[-1])
     run_name = Path(cfg.ckpt or cfg.weights or cfg.get("prior_ckpt") or "model").stem
-    out = Path(cfg.out or Path("runs/eval") / f"{run_name}_{dataset}")
-    print(f"model: {source} ({restorer.describe()})")
-    panels: list = []
+    out = Path(cfg.out or Path("runs/eval") / f"{run_name}_{data_name}")
 
-    def keep(batch: dict, restored) -> None:
-        images = zip(batch["name"], *(ev.tensor_to_images(t) for t in (batch["lq"], restored, batch["gt"])))
-        for name, lq_img, out_img, gt_img in images:
-            if cfg.save_images:
-                ev.write_image(out / "images" / f"{name}.png", out_img)
-            if len(panels) < int(cfg.panels):
-                panels.append(ev.make_panel(lq_img, out_img, gt_img))
+    def save(name: str, image) -> None:
+        if cfg.save_images:
+            ev.write_image(out / "images" / f"{name}.png", image)
 
-    ev.evaluate(restorer, datamodule.test_dataloader(), metrics, device, seed=int(cfg.seed),
-                max_images=cfg.max_images, precision=str(cfg.precision), progress=cfg.progress, on_batch=keep)
-    rows = metrics.per_image()
-    summary = {**metrics.summary(rows), "dataset": dataset, "nfe": restorer.nfe(), "model": source,
+    options = {k: cfg.get(k) for k in OPTION_KEYS}
+    described = build_restorer(module, options)  # on the CPU, before any device: its description and scoring
+    convention.update({k: v for k, v in described.scoring().items() if k not in _user_convention(cfg)})
+    trainer = inference_trainer(trainer_args, cfg.device)
+    if trainer.is_global_zero:
+        print(f"model: {source} ({described.describe()})")
+    runner = EvaluationModule(
+        module, options, dataset, out, precision=cfg.precision, compile=cfg.compile, progress=cfg.progress,
+        seed=int(cfg.seed), num_workers=int(getattr(datamodule, "num_workers", 0) or 0), desc="evaluating",
+        metrics=ev.ImageMetrics(**convention, perceptual=cfg.perceptual), panels=int(cfg.panels), on_image=save)
+    trainer.test(runner, verbose=False)
+    restorer, rows = runner.restorer, runner.rows
+    summary = {**runner.summary, "dataset": data_name, "nfe": restorer.nfe(), "model": source,
                "sampler": restorer.settings(), "convention": "y" if convention["y_channel"] else "rgb",
-               "crop_border": convention["crop_border"], "device": str(device)}
+               "crop_border": convention["crop_border"], "device": str(trainer.strategy.root_device.type),
+               "processes": trainer.world_size}
     summary["seconds_per_image"] = summary.pop("seconds", None)
-    ev.write_results(out, summary, rows)
-    if panels:
-        ev.write_preview(out / "preview.png", panels)
-    ev.report(summary, rows, cfg.per_image)
-    print(f"wrote {out / 'metrics.json'}, per_image.csv, images/ and preview.png (LQ | restored | GT)")
+    if trainer.is_global_zero:
+        ev.write_results(out, summary, rows)
+        if runner.preview:
+            ev.write_preview(out / "preview.png", runner.preview)
+        ev.report(summary, rows, cfg.per_image)
+        print(f"wrote {out / 'metrics.json'}, per_image.csv, images/ and preview.png (LQ | restored | GT)")
     return summary
 
 

@@ -10,6 +10,11 @@ Any image size works. With tile=N the network runs on overlapping N x N tiles bl
 fits in a fixed memory budget (tiling wraps each network evaluation, so a sampler's noise stays consistent
 across tiles). The input is the model's measurement: for inpainting, mask=FILE (white = known pixel) or a
 folder of masks named like the inputs.
+
+A large folder: trainer.devices=N shards the files over N processes (GPUs, or CPU processes), one bar counts the
+images of all ranks; a rerun skips inputs whose output exists (written atomically, so complete; overwrite=true
+redoes them); a bad image is reported at the end and in output/failed.txt, the others are restored, and the exit
+status is non-zero (on_error=stop stops at the first).
 """
 
 from __future__ import annotations
@@ -25,15 +30,14 @@ RESULT: list[list[Path]] = []
 
 
 def restore(cfg: DictConfig) -> list[Path]:
-    import torch
-    from tqdm import tqdm
-
+    from core.cli import trainer_arguments
     from core.errors import ConfigError, DataError
-    from core.io import image_seed, list_images, read_image, to_tensor, write_image
-    from core.loading import pick_device, restorer_source
-    from core.restorer import OPTION_KEYS, build_restorer, prepare_for_inference
-    from data.masks import mask_for
+    from core.inference import PathList, RestorationModule, inference_trainer
+    from core.io import list_images
+    from core.loading import restorer_source
+    from core.restorer import OPTION_KEYS, build_restorer
 
+    trainer_args = trainer_arguments(cfg.trainer)
     for key in ("input", "output"):
         if not cfg.get(key):
             raise ConfigError(f"missing {key}=...: python restore.py ckpt=PATH input=FOLDER_OR_FILE output=FOLDER")
@@ -44,24 +48,32 @@ def restore(cfg: DictConfig) -> list[Path]:
     if not files:
         raise DataError(f"input={source}: no images found (png, jpg, bmp, tif, webp)")
     module, _, description = restorer_source(cfg)
-    device = pick_device(cfg.device)
-    module = prepare_for_inference(module, device, cfg.precision)
-    restorer = build_restorer(module, {k: cfg.get(k) for k in OPTION_KEYS}, progress=cfg.progress,
-                              compile=cfg.compile)
-    print(f"model: {description} ({restorer.describe()})")
-    written = []
-    for path in tqdm(files, desc="restoring", disable=not cfg.progress):
-        lq = to_tensor(read_image(path))[None].to(device)
-        # seeded by the file name: an image restores the same alone or within a folder
-        generator = torch.Generator(device=device).manual_seed(image_seed(cfg.seed, path.name))
-        conditions = {"mask": mask_for(cfg.mask, path, lq)} if "mask" in restorer.conditions and cfg.mask else {}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(cfg.precision) == "bf16"):
-            restored = restorer.restore(lq, generator=generator, **conditions).float()
-        target = Path(cfg.output) / f"{path.stem}.png"
-        write_image(target, restored[0].cpu())
-        written.append(target)
-    print(f"restored {len(written)} image(s) into {cfg.output}")
-    return written
+    options = {k: cfg.get(k) for k in OPTION_KEYS}
+    trainer = inference_trainer(trainer_args, cfg.device)
+    if trainer.is_global_zero:
+        print(f"model: {description} ({build_restorer(module, options).describe()})")
+    output = Path(cfg.output)
+    runner = RestorationModule(module, options, PathList(files), output, precision=cfg.precision,
+                               compile=cfg.compile, progress=cfg.progress, seed=int(cfg.seed), desc="restoring",
+                               output=output, mask=cfg.mask, overwrite=cfg.overwrite, on_error=cfg.on_error)
+    trainer.predict(runner, return_predictions=False)
+    counts, failures = runner.counts, runner.failures
+    failed_list = output / "failed.txt"
+    if trainer.is_global_zero:
+        if failures:
+            output.mkdir(parents=True, exist_ok=True)
+            failed_list.write_text("".join(f"{name}\t{reason}\n" for name, reason in failures))
+            for name, reason in failures:
+                print(f"failed: {name}: {reason}")
+        elif failed_list.is_file():
+            failed_list.unlink()  # from an earlier run whose failures are now restored
+        print(f"restored {counts['restored']}, skipped {counts['skipped']} (output exists; overwrite=true redoes "
+              f"them), failed {counts['failed']} of {len(files)} image(s) into {output}")
+    if failures:
+        stop = " (on_error=stop: stopped at the first)" if cfg.on_error == "stop" else ""
+        raise DataError(f"{len(failures)} image(s) failed{stop}, listed in {failed_list}: first "
+                        f"{failures[0][0]}: {failures[0][1]}")
+    return runner.written
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="restore")

@@ -8,6 +8,7 @@ EXIF orientation is not applied, again like that loader, so pixels match the fil
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from pathlib import Path
@@ -116,7 +117,8 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 def write_image(path: str | Path, img: np.ndarray | torch.Tensor) -> None:
-    """Save a uint8 HxWx3 / HxW array or a float CxHxW (or 1xCxHxW) tensor in [0, 1]; makes parent dirs."""
+    """Save a uint8 HxWx3 / HxW array or a float CxHxW (or 1xCxHxW) tensor in [0, 1], atomically; makes parent
+    dirs."""
     path = Path(path)
     if isinstance(img, torch.Tensor):
         if img.ndim == 4 and img.shape[0] == 1:
@@ -129,7 +131,15 @@ def write_image(path: str | Path, img: np.ndarray | torch.Tensor) -> None:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    # through a hidden sibling and an atomic rename: a killed process never leaves a half-written image, so an
+    # existing output is a complete one (restore.py skips those when rerun)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        Image.fromarray(arr).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def image_seed(seed: int, name: str) -> int:
