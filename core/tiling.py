@@ -30,7 +30,7 @@ from tqdm import tqdm
 from core.nn import crop_to, pad_to_multiple
 
 
-def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length``, the last one aligned to the end."""
     if tile >= length:
         return [0]
@@ -40,7 +40,7 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def _axis_weight(start: int, size: int, length: int, margin: int, ramp: int, device: torch.device) -> Tensor:
+def axis_weight(start: int, size: int, length: int, margin: int, ramp: int, device: torch.device) -> Tensor:
     """1-D blending weight (size,) of a tile covering [start, start + size) of an axis of ``length``."""
     pos = torch.arange(size, dtype=torch.float32, device=device)
     weight = torch.ones(size, dtype=torch.float32, device=device)
@@ -111,7 +111,7 @@ def tiled_apply(
     tile_h, tile_w = min(tile, ph), min(tile, pw)
     out: Tensor | None = None
     weight_sum: Tensor | None = None
-    rows, cols = _tile_starts(ph, tile_h, overlap), _tile_starts(pw, tile_w, overlap)
+    rows, cols = tile_starts(ph, tile_h, overlap), tile_starts(pw, tile_w, overlap)
     positions = [(top, left) for top in rows for left in cols]
     for top, left in tqdm(positions, desc="tiles", leave=False, disable=not progress):
         piece = fn(*[t[..., top : top + tile_h, left : left + tile_w] for t in inputs])
@@ -127,10 +127,10 @@ def tiled_apply(
                 (piece.shape[0], piece.shape[1], ph * scale, pw * scale), dtype=acc_dtype
             )
             weight_sum = piece.new_zeros((1, 1, ph * scale, pw * scale), dtype=acc_dtype)
-        wy = _axis_weight(
+        wy = axis_weight(
             top * scale, tile_h * scale, ph * scale, margin * scale, ramp * scale, piece.device
         )
-        wx = _axis_weight(
+        wx = axis_weight(
             left * scale, tile_w * scale, pw * scale, margin * scale, ramp * scale, piece.device
         )
         weight = (wy[:, None] * wx[None, :]).to(out.dtype)

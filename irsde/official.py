@@ -102,6 +102,9 @@ def infer_nafnet_config(state_dict: StateDict) -> dict[str, Any]:
 
 def build_from_state_dict(state_dict: StateDict) -> nn.Module:
     """A ConditionalUNet or ConditionalNAFNet shaped like ``state_dict`` (weights not loaded)."""
+    if "latent_conv.weight" in state_dict:
+        raise ValueError("this is Refusion's latent autoencoder (latent_conv), not an IR-SDE noise network: "
+                         "it is model.autoencoder_ckpt= of a latent Refusion experiment")
     if UNET_SIGNATURE in state_dict:
         if "mid_attn.fn.fn.to_out.weight" in state_dict:
             raise ValueError(

@@ -92,6 +92,9 @@ class ConditionalNAFNet(nn.Module):
         enc_blk_nums: NAF blocks of each encoder stage (finest first).
         dec_blk_nums: NAF blocks of each decoder stage (coarsest first); as many stages as the encoder.
         upscale: accepted for compatibility with the official options; unused, as in the official code.
+        intro_skip: add the ``intro`` output to the last decoder stage's output before ``ending``, as the official
+            latent-dehazing (Refusion latent) copy does; the parameters are the same either way, so a config (not
+            the weights) must say it.
         checkpointing: recompute the NAF blocks' activations in the backward pass (``torch.utils.checkpoint``,
             training with grad only): less memory, slower; no new parameters.
     """
@@ -105,9 +108,10 @@ class ConditionalNAFNet(nn.Module):
         dec_blk_nums: Sequence[int] = (1, 1, 1, 1),
         upscale: int = 1,
         checkpointing: bool = False,
+        intro_skip: bool = False,
     ) -> None:
         super().__init__()
-        self.checkpointing = checkpointing
+        self.checkpointing, self.intro_skip = checkpointing, intro_skip
         if len(enc_blk_nums) != len(dec_blk_nums):
             raise ValueError(
                 f"enc_blk_nums {list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)} "
@@ -148,7 +152,7 @@ class ConditionalNAFNet(nn.Module):
         temb = self.time_mlp(time_vector(t, x_t.shape[0], x_t.device))
 
         x = pad_to_multiple(torch.cat([x_t - mu, mu], dim=1), self.padder_size, mode="constant")[0]  # zeros: official
-        x = self.intro(x)
+        x = stem = self.intro(x)
         ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
 
         skips: list[torch.Tensor] = []
@@ -162,6 +166,6 @@ class ConditionalNAFNet(nn.Module):
         for decoder, up in zip(self.decoders, self.ups, strict=True):
             x = run_blocks(decoder, up(x) + skips.pop(), temb, ckpt)
 
-        x = self.ending(x)
+        x = self.ending(x + stem if self.intro_skip else x)
         # Under autocast the convolutions return bf16; hand back the caller's dtype for the SDE arithmetic.
         return x[..., :h_in, :w_in].to(x_t.dtype)

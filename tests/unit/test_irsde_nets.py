@@ -382,3 +382,16 @@ def test_files_with_custom_objects_need_trusted(tmp_path: Path):
     with pytest.raises(ValueError, match=r"custom\.ckpt.*RunInfo.*trusted=True"):
         load_network(path)
     assert_same_outputs(load_network(path, trusted=True), net)
+
+
+def test_intro_skip_adds_the_intro_features_before_ending() -> None:
+    """The official latent-dehazing NAFNet adds the intro features to the last decoder output (no parameters)."""
+    torch.manual_seed(0)
+    net = ConditionalNAFNet(img_channel=8, width=16, enc_blk_nums=[1, 1], dec_blk_nums=[1, 1]).eval()
+    x, mu = torch.randn(1, 8, 12, 12), torch.randn(1, 8, 12, 12)
+    with torch.no_grad():
+        plain = net(x, mu, 5)
+        net.intro_skip = True
+        stem = net.intro(torch.cat([x - mu, mu], dim=1))
+        torch.testing.assert_close(net(x, mu, 5) - plain, F.conv2d(stem, net.ending.weight, padding=1),
+                                   atol=1e-5, rtol=0)
