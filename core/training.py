@@ -189,11 +189,11 @@ class RestorationModule(L.LightningModule):
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from core.resume_state import as_mid_epoch_stop
+        from core.resume_state import resumable_loop_state
 
         checkpoint["config"] = self.run_config
         if self._trainer is not None and "loops" in checkpoint:
-            as_mid_epoch_stop(self.trainer, checkpoint)  # max_steps inside an epoch: extending the run is exact
+            resumable_loop_state(self.trainer, checkpoint)  # a run ended by max_steps (or an epoch) resumes exactly
         checkpoint["rng"] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state_to_plain(np.random.get_state()),

@@ -87,11 +87,13 @@ def test_restore_inpaints_a_users_image_with_its_mask_file(prior_ckpt, tmp_path)
     assert out.shape == (16, 16, 3)
     assert np.abs(out[known] - image[known] / 255).max() < 0.06  # the known pixels stay
     first = read_image(written)
-    assert restore.main(args)[0] == written and np.array_equal(read_image(written), first)  # seeded by name
+    assert restore.main(args) == []  # a rerun skips the complete output
+    assert restore.main([*args, "overwrite=true"])[0] == written
+    assert np.array_equal(read_image(written), first)  # seeded by name
 
     write_image(tmp_path / "masks" / "photo.png", np.full((8, 8, 3), 255, np.uint8))
     with pytest.raises(DataError, match="mask must have the image's size"):
-        restore.main(args)
+        restore.main([*args, "overwrite=true"])
 
 
 def test_restore_super_resolves_and_rejects_a_kernel_that_does_not_sum_to_one(prior_ckpt, tmp_path):

@@ -2,6 +2,8 @@
 * a run ended by trainer.max_steps inside an epoch, resumed from its last.ckpt with a larger max_steps, with
   validation off (the checkpoint of the epoch-end hooks) and with max_steps between two validations (the
   checkpoint written at the end of training, core.callbacks.FinalCheckpoint);
+* a run ended by max_steps at the last batch of an epoch, and a checkpoint written at an epoch end inside a run
+  (core.resume_state: Lightning alone resumes those as the middle of the next epoch);
 * ckpt_path=last in a fixed run folder (hydra.run.dir, a cluster job's own folder) after a mid-epoch SIGTERM stop:
   it resumes from that folder, not from the newest run of the name."""
 
@@ -73,3 +75,22 @@ def test_ckpt_path_last_resumes_from_a_fixed_run_folder(tmp_path):
     assert _ckpt(job / "checkpoints" / "last.ckpt")["global_step"] == 2
     train.main([*argv, "ckpt_path=last"])
     _assert_same(_ckpt(full), _ckpt(job / "checkpoints" / "last.ckpt"))
+
+
+def test_a_run_that_ends_at_an_epoch_end_extends_exactly(tmp_path):
+    """12 samples at batch 4: max_steps=3 ends exactly at the end of epoch 0."""
+    common = ["data.train_samples=12", *NO_VAL]
+    every_epoch = ["+callbacks.epochs._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+                   f"+callbacks.epochs.dirpath={tmp_path / 'epochs'}", "+callbacks.epochs.save_top_k=-1",
+                   "+callbacks.epochs.save_on_train_epoch_end=true"]  # epoch=N-step=M.ckpt at every epoch end
+    full = _run(tmp_path / "full", *common, *every_epoch, f"trainer.max_steps={STEPS}")
+    short = _run(tmp_path / "short", *common, "trainer.max_steps=3")
+    longer = _run(tmp_path / "longer", *common, f"trainer.max_steps={STEPS}", f"ckpt_path={short}")
+    _assert_same(_ckpt(full), _ckpt(longer))
+    assert _records(tmp_path / "short.jsonl") + _records(tmp_path / "longer.jsonl") == _records(tmp_path / "full.jsonl")
+    # the epoch-end checkpoint of the uninterrupted run itself (step 6, written by ModelCheckpoint) resumes too
+    epoch_end = tmp_path / "epoch_end.ckpt"  # a name without "=" for the command line
+    (tmp_path / "epochs" / "epoch=1-step=6.ckpt").rename(epoch_end)
+    assert _ckpt(epoch_end)["global_step"] == 6
+    again = _run(tmp_path / "again", *common, f"trainer.max_steps={STEPS}", f"ckpt_path={epoch_end}")
+    _assert_same(_ckpt(full), _ckpt(again))

