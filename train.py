@@ -7,6 +7,7 @@ The run directory (runs/<name>/<date_time>/) gets the resolved config (.hydra/co
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -20,9 +21,11 @@ log = logging.getLogger("train")
 def train(cfg: DictConfig) -> dict:
     import lightning as L
 
+    from core.callbacks import LineProgressBar
     from core.checkpoint import AtomicCheckpointIO, resolve_ckpt_path
     from core.cli import trainer_arguments
     from core.loading import instantiate
+    from core.progress import is_terminal
     from core.training import explain_out_of_memory
 
     trainer_args = trainer_arguments(cfg.trainer)  # a misspelt trainer.* key: one line before any work
@@ -36,6 +39,8 @@ def train(cfg: DictConfig) -> dict:
     if logger:
         logger.log_hyperparams(run_config)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c]
+    if trainer_args.get("enable_progress_bar", True) and not is_terminal(sys.stdout):
+        callbacks.append(LineProgressBar())  # a log file or a pipe: lines, not carriage-return redraws
     trainer = L.Trainer(**trainer_args, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     with explain_out_of_memory(cfg.data, trainer):
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.log_dir, cfg.name, run_dir=out_dir)

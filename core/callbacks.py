@@ -222,3 +222,42 @@ class FinalCheckpoint(L.Callback):
             # ModelCheckpoint's own test: not under fast_dev_run or sanity checking, and this step not yet saved
             if getattr(cb, "save_last", False) and not cb._should_skip_saving_checkpoint(trainer):
                 cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+
+
+def _line_bar_class():
+    from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+    from core.progress import LineTqdm
+
+    class LineLightningTqdm(LineTqdm, Tqdm):  # Lightning's number formatting, LineTqdm's drawing
+        pass
+
+    return LineLightningTqdm
+
+
+class LineProgressBar(L.pytorch.callbacks.TQDMProgressBar):
+    """Lightning's progress bars as log lines (core.progress.LineTqdm): train.py uses it when the output is a
+    file or a pipe, so a log holds a line every 30 s or 10 % (step, loss, rate, time left), not redraws."""
+
+    def _bar(self, desc: str, leave: bool, position: int = 0):
+        import sys
+
+        return _line_bar_class()(desc=desc, position=2 * self.process_position + position, disable=self.is_disabled,
+                                 leave=leave, dynamic_ncols=True, file=sys.stdout, smoothing=0,
+                                 bar_format=self.BAR_FORMAT)
+
+    def init_sanity_tqdm(self):
+        return self._bar(self.sanity_check_description, leave=False)
+
+    def init_train_tqdm(self):
+        return self._bar(self.train_description, leave=True)
+
+    def init_validation_tqdm(self):
+        has_main_bar = self.trainer.state.fn != "validate"
+        return self._bar(self.validation_description, leave=not has_main_bar, position=int(has_main_bar))
+
+    def init_test_tqdm(self):
+        return self._bar("Testing", leave=True)
+
+    def init_predict_tqdm(self):
+        return self._bar(self.predict_description, leave=True)

@@ -18,26 +18,37 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from core.errors import ConfigError, UserError
+from core.quiet import quiet_known_noise
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at every import otherwise
+quiet_known_noise()  # every entry point imports this module first (DDP children too): the known noise never prints
 
 
 @contextlib.contextmanager
 def user_errors():
     """Print a UserError (or a Lightning setting it rejects) as one clear line and exit 2; other exceptions keep
     their traceback (they are bugs)."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     try:
         yield
-    except (UserError, MisconfigurationException) as err:
-        message = str(err)
-        if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch prepends its traceback
-            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+    except UserError as err:
+        _exit_with(err)
+    except Exception as err:
+        # Lightning only when something else failed: importing it costs seconds that app.py's start would wait for
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        if not isinstance(err, MisconfigurationException):
+            raise
+        _exit_with(err)
+
+
+def _exit_with(err: Exception) -> None:
+    message = str(err)
+    if "\nOriginal Traceback" in message:  # raised in a DataLoader worker: torch prepends its traceback
+        message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _top_keys(config_name: str) -> tuple[set[str], set[str]]:

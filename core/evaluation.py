@@ -155,10 +155,10 @@ def evaluate(restorer: Restorer, loader: Iterable[dict], metrics: ImageMetrics, 
              on_batch: Callable[[dict, Tensor], None] | None = None) -> None:
     """Restore every batch of `loader` (sampler noise seeded by seed + the batch's first index, so an image's
     result does not depend on the batch layout or the number of processes) and score it into `metrics`."""
-    from tqdm import tqdm
+    from core.progress import bar
 
     seen = 0
-    for batch in tqdm(loader, desc="evaluating", disable=not progress):
+    for batch in bar(loader, desc="evaluating", disable=not progress):
         if max_images is not None and seen >= max_images:
             break
         generator = torch.Generator(device=device).manual_seed(seed + int(batch["index"][0]))

@@ -48,8 +48,12 @@ def wandb_logger(save_dir: str | Path, name: str, project: str = "diffusion-rest
     mode = choose_wandb_mode()
     os.environ["WANDB_MODE"] = mode  # so every rank and wandb's own service agree
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(save_dir=str(save_dir), name=f"{name}/{Path(save_dir).name}", project=project,
-                       offline=mode == "offline", tags=list(tags or []), mode=mode)
+    logger = WandbLogger(save_dir=str(save_dir), name=f"{name}/{Path(save_dir).name}", project=project,
+                         offline=mode == "offline", tags=list(tags or []), mode=mode)
+    # Lightning passes anonymous=None, which wandb 0.31 answers with "The anonymous setting has no effect" on
+    # every run; left out, wandb's own default applies (the setting is deprecated and does nothing)
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def log_panels(logger, panels: list[np.ndarray], captions: list[str], step: int, save_dir: str | Path) -> None:

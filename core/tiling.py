@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from core.nn import crop_to, pad_to_multiple
+from core.progress import bar
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -113,7 +113,7 @@ def tiled_apply(
     weight_sum: Tensor | None = None
     rows, cols = tile_starts(ph, tile_h, overlap), tile_starts(pw, tile_w, overlap)
     positions = [(top, left) for top in rows for left in cols]
-    for top, left in tqdm(positions, desc="tiles", leave=False, disable=not progress):
+    for top, left in bar(positions, desc="tiles", leave=False, disable=not progress):
         piece = fn(*[t[..., top : top + tile_h, left : left + tile_w] for t in inputs])
         expected = (tile_h * scale, tile_w * scale)
         if piece.ndim != 4 or tuple(piece.shape[-2:]) != expected:

@@ -25,10 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import ImageFile, UnidentifiedImageError
-from tqdm import tqdm
 
 from core.errors import DataError
 from core.io import read_image
+from core.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def verify_images(paths: Iterable[str | Path], cache_file: str | Path | None = N
         truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = tqdm(pool.map(check, todo), total=len(todo), desc="checking images", unit="img",
+                results = bar(pool.map(check, todo), total=len(todo), desc="checking images", unit="img",
                                disable=None if progress is None else not progress)
                 for path, reason in zip(todo, results):
                     if reason is None:

@@ -280,9 +280,9 @@ def _model_time(sde, t: float, x: Tensor) -> Tensor:
 def _pairs(times: list, progress: bool, desc: str):
     pairs = list(enumerate(zip(times[:-1], times[1:])))
     if progress:
-        from tqdm import tqdm
+        from core.progress import bar
 
-        return tqdm(pairs, desc=desc, leave=False)
+        return bar(pairs, desc=desc, leave=False)
     return pairs
 
 

@@ -40,9 +40,9 @@ def _intervals(start: int, steps: int | None, progress: bool, desc: str) -> Iter
     grid = timestep_grid(start, steps)
     pairs = list(zip(grid[:-1], grid[1:]))
     if progress:
-        from tqdm import tqdm
+        from core.progress import bar
 
-        return tqdm(pairs, desc=desc, leave=False)
+        return bar(pairs, desc=desc, leave=False)
     return pairs
 
 
