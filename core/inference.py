@@ -18,6 +18,7 @@ neither wraps nor moves it; `setup` puts it on the rank's device with `prepare_f
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -149,6 +150,9 @@ class EvaluationModule(InferenceModule):
         self.rows: list[dict] = []
         self.preview: list = []
 
+    def on_test_start(self) -> None:
+        self.started = time.perf_counter()  # the processes are up: throughput leaves their start-up out
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         from core import evaluation as ev
 
@@ -173,6 +177,8 @@ class EvaluationModule(InferenceModule):
             self.metrics.names.update(names)
         self.rows = self.metrics.per_image()  # gathered from every rank, one row per index
         self.summary = self.metrics.summary(self.rows)  # FID (when on disk) once over all images
+        # all ranks' images over rank 0's time from the start of testing to the gathered results
+        self.summary["images_per_second"] = len(self.rows) / (time.perf_counter() - self.started)
         if self.trainer.is_global_zero:
             self.preview = [np.asarray(read_image(p)) for p in sorted((self.shared / "panels").glob("*.png"))]
         self.finish()

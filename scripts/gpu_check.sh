@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh            (results and logs in runs/gpu_check/, or $OUT)
 # 1. the CUDA tests (tests/gpu: networks and samplers on CUDA against the CPU, the bf16 fast path);
 # 2. a short training of each demo experiment with trainer.accelerator=gpu trainer.precision=bf16-mixed;
-# 3. an evaluation of the shipped demo model on CUDA, official sampler and fast path;
+# 3. an evaluation of the shipped demo model on CUDA, official sampler and fast path, and its images/s;
 # 4. the IR-SDE speed benchmarks with --device cuda (eager and torch.compile'd fast path) and activation
 #    checkpointing's memory and step time for every large network at its official batch and patch size.
 set -euo pipefail
@@ -36,6 +36,10 @@ step "evaluation on CUDA"
     | tee "$OUT/eval.txt"
 "$PY" evaluate.py ckpt=assets/irsde_demo_denoise.ckpt device=cuda precision=bf16 sampler=mr_ode steps=5 \
     out="$OUT/eval_fast" progress=false | tee -a "$OUT/eval.txt"
+
+step "evaluation throughput on one GPU (evaluate.py through Lightning's Trainer.test)"
+"$PY" -m benchmarks.inference_scaling --device cuda --procs 1 --images 32 --size 256 --repeats 1 \
+    --out "$OUT/inference_scaling_cuda.json"
 
 step "speed benchmarks on CUDA"
 "$PY" -m benchmarks.irsde_fast_path --device cuda --fast mr_ode:2@10 mr_ode:2@5 --out "$OUT/irsde_fast_path.json"

@@ -21,7 +21,7 @@ from tests.integration.conftest import DIST_ENV, REPO, run_tree
 
 IRSDE = "ckpt=assets/irsde_demo_denoise.ckpt"
 TWO = ["trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp"]
-TIMING = {"seconds", "seconds_per_image", "processes"}
+TIMING = {"seconds", "seconds_per_image", "processes", "images_per_second"}
 
 
 def _tables(out: Path) -> tuple[dict, list[dict]]:
