@@ -30,11 +30,13 @@ from data.layouts import (
     div2k_pairs,
     folder_pairs,
     gopro_pairs,
+    ntire_pairs,
     rain100h_pairs,
     single_folder,
 )
 from data.masks import MASK_KINDS, FolderMask, GeneratedMask
 from data.samplers import EpochSeededSampler, ResumableLoader
+from data.swap import SwapPairs
 from data.synthetic import NoiseLQ
 from data.verify import require_decodable, verify_images
 
@@ -53,9 +55,11 @@ class PairedDataModule(L.LightningDataModule):
                  val_max_images: int | None = None, val_center_crop: int | None = None,
                  metric_y_channel: bool | None = None, metric_crop_border: int | None = None, scale: int = 1,
                  upsample_lq: bool = False, flips: bool | str = True, rot90: bool = True, check_files: bool = True,
-                 verify: bool = True, train_root: str | None = None, test_root: str | None = None) -> None:
+                 verify: bool = True, train_root: str | None = None, test_root: str | None = None,
+                 swap: float = 0.0) -> None:
         super().__init__()
         self.root = root
+        self.swap = float(swap)  # training LQ/GT trade places with this probability (data.swap)
         self.train_root, self.test_root = train_root, test_root
         self.patch_size, self.scale, self.upsample_lq = int(patch_size), int(scale), bool(upsample_lq)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -158,6 +162,8 @@ class PairedDataModule(L.LightningDataModule):
             self._verified = True
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self.build_dataset("train", train=True)
+            if self.swap:
+                self.train_set = SwapPairs(self.train_set, self.swap)
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self.build_dataset("test", train=False, limit=self.val_max_images,
                                               center_crop=self.val_center_crop)
@@ -326,6 +332,21 @@ class DenoisingDataModule(PairedDataModule):
 
     def dataset_options(self, train: bool) -> dict[str, Any]:
         return {"make_lq": NoiseLQ(self.sigma)}
+
+
+class NTIREDataModule(PairedDataModule):
+    """NTIRE 2023 paired LQ/GT folders: task "dehaze" (HR non-homogeneous dehazing, latent Refusion's paper
+    task) or "shadow" (shadow removal); layouts in data.layouts.ntire_pairs. RGB metrics, no border."""
+
+    name = "ntire"
+
+    def __init__(self, root: str | None = None, task: str = "dehaze", **options: Any) -> None:
+        super().__init__(root, **options)
+        self.task = task
+        self.name = f"ntire-{task}"
+
+    def find_pairs(self, split: str) -> list[Pair]:
+        return ntire_pairs(self.split_root(split), split, self.task)
 
 
 class FolderPairDataModule(PairedDataModule):

@@ -354,3 +354,56 @@ def celebahq_images(root: str | Path, split: str, split_ranges: Mapping[str, Seq
         return _select_listed(files, _read_list_file(list_file), list_file)
     ranges = {**CELEBA_DEFAULT_RANGES, **{_split(k): tuple(v) for k, v in (split_ranges or {}).items()}}
     return _select_range(files, folder, split, ranges[split])
+
+
+# ------------------------------------------------------------------------------------------------
+# NTIRE 2023 HR non-homogeneous dehazing and shadow removal (paired LQ/GT folders per split)
+# ------------------------------------------------------------------------------------------------
+NTIRE_SPLITS = {"train": ("train", "training", "Train"), "test": ("val", "valid", "validation", "test", "Val")}
+# (LQ folder names, GT folder names) looked for in each split folder, case-insensitively, in order.
+NTIRE_FOLDERS = {
+    "dehaze": (("LQ", "hazy", "haze", "input", "HAZY"), ("GT", "clean", "gt", "target")),
+    "shadow": (("LQ", "input", "shadow", "train_A", "test_A"), ("GT", "gt", "target", "shadow_free", "train_C",
+                                                                 "test_C")),
+}
+# One folder of tagged files, as NH-HAZE ships: 01_hazy.png + 01_GT.png.
+_NTIRE_TAGS = {"dehaze": ("hazy", "gt"), "shadow": ("shadow", "free")}
+
+
+def _tagged_single_folder(base: Path, lq_tag: str, gt_tag: str) -> list[Pair] | None:
+    files = list_images(base)
+    def strip(tag: str) -> Callable[[str], str]:
+        pattern = re.compile(rf"[-_]{tag}$", re.IGNORECASE)
+        return lambda stem: pattern.sub("", stem)
+    lq = [f for f in files if re.search(rf"[-_]{lq_tag}$", f.stem, re.IGNORECASE)]
+    gt = [f for f in files if re.search(rf"[-_]{gt_tag}$", f.stem, re.IGNORECASE)]
+    if not lq or not gt:
+        return None
+    lq_by, gt_by = _by_key(lq, strip(lq_tag), base), _by_key(gt, strip(gt_tag), base)
+    if lq_by.keys() != gt_by.keys():
+        raise _mismatch_error(base, base, lq_by, gt_by)
+    return [Pair(lq=lq_by[k], gt=path, name=k) for k, path in gt_by.items()]
+
+
+def ntire_pairs(root: str | Path, split: str, task: str) -> list[Pair]:
+    """NTIRE 2023 pairs of `task` "dehaze" (HR non-homogeneous dehazing) or "shadow" (shadow removal).
+    Split folders tried (case-insensitive), then root itself: train: train, training; test: val, valid,
+    validation, test. In each: an LQ folder (dehaze: LQ, hazy, haze, input; shadow: LQ, input, shadow, train_A)
+    beside a GT folder (GT, clean, target; shadow also shadow_free, train_C), or one folder of NN_hazy + NN_GT
+    (dehaze) / NN_shadow + NN_free (shadow) files."""
+    if task not in NTIRE_FOLDERS:
+        raise DataError(f"data.task='{task}' is not an NTIRE task: use one of {', '.join(NTIRE_FOLDERS)}.")
+    dataset = f"NTIRE 2023 {task}"
+    split, base_root = _split(split), _existing_root(root, dataset)
+    searched = _candidates(base_root, NTIRE_SPLITS[split])
+    lq_names, gt_names = NTIRE_FOLDERS[task]
+    for base in searched:
+        lq_dir, gt_dir = _first_child(base, lq_names), _first_child(base, gt_names)
+        if lq_dir is not None and gt_dir is not None and lq_dir != gt_dir:
+            return folder_pairs(lq_dir, gt_dir)
+        pairs = _tagged_single_folder(base, *_NTIRE_TAGS[task])
+        if pairs is not None:
+            return pairs
+    layouts = (f"{{{'|'.join(lq_names)}}}/ + {{{'|'.join(gt_names)}}}/",
+               f"one folder of N_{_NTIRE_TAGS[task][0]}.png + N_{_NTIRE_TAGS[task][1]}.png")
+    raise _not_found(dataset, split, base_root, searched, layouts, NTIRE_SPLITS[split])

@@ -19,7 +19,8 @@ def export(src: str, dst: str) -> Path:
     ckpt = load_checkpoint(src)
     config = config_from_checkpoint(ckpt, src)
     state = ckpt["state_dict"]
-    keep = {k: v for k, v in state.items() if k.startswith("ema_net.")} or state
+    # the EMA weights, and a latent model's frozen autoencoder, which its restorer needs
+    keep = {k: v for k, v in state.items() if k.startswith(("ema_net.", "autoencoder"))} or state
     slim = {"state_dict": keep, "config": config, "global_step": ckpt.get("global_step"),
             "exported_from": str(src)}
     atomic_torch_save(slim, dst)
