@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,18 @@ MASK_SOURCES = (*GENERATED_MASKS, "drawn", "file")
 class Settings:
     """The app-wide settings of configs/app.yaml that a run needs."""
 
-    device: torch.device
-    out_dir: Path
+    device_name: torch.device | str      # auto | cpu | cuda:N, resolved when first used (core.loading, which
+    out_dir: Path                         # picks it, imports Lightning: seconds that the page's start-up saves)
     precision: str = "32"
     max_pixels: int | None = None        # refused above this without tiling
     max_pixels_tiled: int | None = None  # and above this with it
     convention: dict = field(default_factory=dict)  # y_channel / crop_border for PSNR and SSIM
+
+    @cached_property
+    def device(self) -> torch.device:
+        from core.loading import pick_device
+
+        return pick_device(str(self.device_name))
 
 
 @dataclass
@@ -107,6 +114,25 @@ def table(outputs: list[Output]) -> str:
         psnr, ssim = _pair(s.get("psnr_input"), s.get("psnr"), 2), _pair(s.get("ssim_input"), s.get("ssim"), 4)
         rows.append(f"| {out.name} | {w}x{h} | {out.result.nfe} | {out.result.seconds:.1f} s | {psnr} | {ssim} |")
     return "\n".join(rows) + f"\n\n{outputs[0].result.description}" if outputs else ""
+
+
+def numbers(outputs: list[Output]) -> dict:
+    """The numbers of `table` as a dict (the API's answer): the restorer line and one entry per image."""
+    images = [{"name": o.name, "file": o.after.name, "width": o.result.image.shape[1],
+               "height": o.result.image.shape[0], "nfe": o.result.nfe, "seconds": round(o.result.seconds, 3),
+               **{k: round(v, 4) for k, v in o.result.scores.items() if math.isfinite(v)}} for o in outputs]
+    return {"restorer": outputs[0].result.description if outputs else "", "images": images}
+
+
+def mask_preview(path: str, choice: MaskChoice, max_pixels: int | None = None) -> np.ndarray:
+    """The first image with the pixels to fill in magenta: the mask a run would use, shown before it runs
+    (enlarged like the results, so a 32x32 face is visible)."""
+    image = read_upload(path, max_pixels=max_pixels, tiled=True)
+    known = _mask(choice, image.shape[:2])[0, 0].numpy() > 0.5
+    shown = np.where(known[..., None], image, np.array([255, 0, 255], np.uint8))
+    height, width = shown.shape[:2]
+    zoom = max(1, -(-VIEW_SIDE // max(height, width)))
+    return np.asarray(_enlarged(shown.astype(np.uint8), (width * zoom, height * zoom)))
 
 
 def _pair(before: float | None, after: float | None, digits: int) -> str:

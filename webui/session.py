@@ -30,6 +30,7 @@ class Options:
     """What the page lets a user choose; None = the model's own setting."""
 
     sampler: str | None = None
+    order: int | None = None                     # the MR solvers' order (sampler mr_ode / mr_sde)
     steps: int | None = None
     sigma: float | None = None
     tile: int | None = None
@@ -39,8 +40,8 @@ class Options:
     conditions: dict = field(default_factory=dict)  # mask (1x1xHxW, 1 = known) / kernel (h x w) for DiffPIR
 
     def restorer_options(self) -> dict:
-        return {"sampler": self.sampler, "steps": self.steps, "sigma": self.sigma, "tile": self.tile,
-                "overlap": self.overlap}
+        return {"sampler": self.sampler, "order": self.order, "steps": self.steps, "sigma": self.sigma,
+                "tile": self.tile, "overlap": self.overlap}
 
 
 @dataclass
@@ -56,14 +57,14 @@ class Result:
 
 def restore_image(module, image: np.ndarray, name: str, options: Options, *, device: torch.device,
                   precision: str = "32", gt: np.ndarray | None = None, convention: dict | None = None,
-                  stop: threading.Event | None = None) -> Result:
+                  stop: threading.Event | None = None, progress: bool = True) -> Result:
     """Restore `image` (uint8 HxWx3, from the file called `name`) with `module` (on `device`). With `gt` the result
     is scored (PSNR/SSIM under `convention`: y_channel, crop_border). `stop`, once set, ends the run at the next
-    network evaluation with Stopped."""
+    network evaluation with Stopped. progress: the samplers' tqdm bars, which the page's progress bar follows."""
     from core.io import to_tensor, to_uint8
     from core.restorer import build_restorer
 
-    restorer = build_restorer(module, options.restorer_options(), progress=True)  # tqdm bars: the page's progress
+    restorer = build_restorer(module, options.restorer_options(), progress=progress)
     lq = to_tensor(image)[None].to(device)
     generator = torch.Generator(device=device).manual_seed(image_seed(options.seed, name))
     conditions = {k: v.to(device) for k, v in options.conditions.items() if k in restorer.conditions}

@@ -33,7 +33,11 @@ def read_upload(path: str | Path, name: str | None = None, max_pixels: int | Non
         raise InputError(f"{name} is not an image this page can read: upload a PNG, JPEG, BMP, TIFF or WebP "
                          "file") from err
     if max_pixels and height * width > max_pixels:
-        advice = ("choose a smaller tile size or start the app with a larger max_pixels_tiled=" if tiled else
+        # the tiled limit counts the image's pixels, not a tile's: the sampler's state (several copies of the
+        # whole image) stays whole, so a smaller tile cannot help
+        advice = ("tiling bounds only the network's memory, not the whole-image state the sampler keeps, so a "
+                  "smaller tile cannot help: upload a crop or a downscaled copy, or start the app with a larger "
+                  "max_pixels_tiled=" if tiled else
                   "set a tile size (e.g. 256) to restore it tile by tile in fixed memory, or start the app with "
                   "a larger max_pixels=")
         raise InputError(f"{name} is {width}x{height} = {height * width / 1e6:.2f} M pixels, more than this "

@@ -1,9 +1,12 @@
-"""app.py without serving: the model list (the user's model, skipped missing files, a file that is no model),
-the options each model shows, the demo images, and the launch settings (local only, no analytics, one worker)."""
+"""app.py without serving: the model list (the user's model, skipped missing files, a file that is no model,
+listed models loaded on first use), the options and fast default each model shows, the demo images, a taken port
+said first, and the launch settings (local only, no analytics, one worker, quiet)."""
 
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 import app
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from webui.catalogue import load_catalogue
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -25,12 +28,14 @@ def test_app_serves_the_users_checkpoint_first_locally_without_analytics(monkeyp
 
     launched = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.update(page=self, **kw))
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
     app.main([f"ckpt={DENOISE}", "demo_images=false", "port=7999", f"work_dir={tmp_path}",
               f"models=[{{label: faces, prior_ckpt: {FACES}}}]"])
     page = launched.pop("page")
     assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999 and launched["share"] is False
     assert page.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert page._queue.default_concurrency_limit == 1  # users queue for the one worker
+    assert launched["quiet"] is True  # no "To create a public link, set share=True"
     dropdown = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "model")
     assert [c[0] for c in dropdown.choices] == ["irsde_demo_denoise.ckpt (yours)", "faces"]
 
@@ -43,8 +48,20 @@ def test_a_file_that_is_not_a_restoration_model_stops_the_app_with_one_line(tmp_
         with pytest.raises(CheckpointError) as err:
             app.main([f"ckpt={path}", "demo_images=false", f"work_dir={tmp_path}"])
         assert str(path) in str(err.value)
-    with pytest.raises(CheckpointError, match="foreign.ckpt"):  # a listed one too
-        load_catalogue(OmegaConf.create({"models": [{"label": "x", "ckpt": str(foreign)}]}), CPU)
+    listed = load_catalogue(OmegaConf.create({"models": [{"label": "x", "ckpt": str(foreign)}]}), CPU)
+    with pytest.raises(CheckpointError, match="foreign.ckpt"):  # a listed one when first used
+        listed["x"].module()
+
+
+def test_a_taken_port_is_said_before_anything_loads(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: the port is taken"):  # not the bad ckpt=
+            app.main([f"ckpt={tmp_path / 'missing.ckpt'}", f"port={port}", f"work_dir={tmp_path}"])
+        assert time.monotonic() - start < 2
 
 
 def test_a_listed_file_that_does_not_exist_is_skipped_with_a_log_line(caplog):
@@ -55,14 +72,19 @@ def test_a_listed_file_that_does_not_exist_is_skipped_with_a_log_line(caplog):
     assert "skipping later, assets/not_yet.ckpt does not exist" in caplog.text
 
 
-def test_each_model_shows_the_options_its_restorer_takes():
+def test_each_model_shows_the_options_its_restorer_takes_and_loads_when_first_used():
     cfg = OmegaConf.load(Path(app.__file__).parent / "configs" / "app.yaml")
     models = load_catalogue(OmegaConf.create({"models": cfg.models}), CPU)  # the shipped list, as shipped
+    assert not any(m._modules for m in models.values())  # nothing loaded yet: the page answers at once
     irsde = models["IR-SDE denoising, σ 25 (demo)"]
     assert {"sampler", "steps", "sigma", "tile"} <= set(irsde.options) and not irsde.tasks
-    assert {"mr_ode", "mr_sde", "denoise_ode"} <= set(irsde.samplers) and irsde.own["name"] == "denoise_ode"
+    assert {"mr_ode:1", "mr_ode:2", "mr_sde:2", "denoise_ode"} <= set(irsde.samplers)
+    assert irsde.own == {"name": "denoise_ode", "steps": 22, "T": 100, "sigma": 25}
+    # README "Which sampler when": the fast choice is the page's default, per kind of IR-SDE model
+    assert irsde.fast == ("mr_ode:1", 2) and models["IR-SDE deraining (demo)"].fast == ("mr_sde:2", 5)
+    assert models["DiffIR stage 2 (demo)"].fast is None  # no sampler choice: its own
     faces = models["DiffPIR, 32x32 grey faces prior (demo)"]
-    assert faces.options == ("steps",) and faces.default_task == "inpainting"
+    assert faces.options == ("steps",) and faces.default_task == "inpainting" and faces.fast is None
     assert {"inpainting", "sr_x4", "deblur_gaussian"} <= set(faces.tasks)
     assert faces.module("sr_x4") is not faces.module("inpainting")
 
@@ -82,10 +104,15 @@ def test_demo_images_are_input_and_ground_truth_under_one_name(tmp_path):
 
 def test_page_values_become_options():
     from core.errors import UserError
-    from webui.page import DEFAULT, _int, _radio, _task
+    from webui.catalogue import split_sampler
+    from webui.page import DEFAULT, _radio, _task
+    from webui.worker import whole
 
-    assert [_int(v) for v in (None, "", 0, DEFAULT, "0", 3.0, "16")] == [None, None, None, None, 0, 3, 16]
-    with pytest.raises(UserError, match="whole number"):
-        _int("lots")
+    assert [whole(v) for v in (None, "", 0, DEFAULT, 3.0, "16")] == [None, None, None, None, 3, 16]
+    assert whole("0", zero_is_own=False) == 0 and whole(0, zero_is_own=False) == 0  # 0 px overlap is a choice
+    for bad in ("lots", 2.5, -1):
+        with pytest.raises(UserError, match="whole number"):
+            whole(bad)
+    assert split_sampler("mr_ode:1") == ("mr_ode", 1) and split_sampler("posterior") == ("posterior", None)
     assert _task("sr", 2) == "sr_x2" and _task("deblur_motion", 4) == "deblur_motion"
     assert _radio("sr_x4") == "sr" and _radio("inpainting") == "inpainting"
