@@ -4,6 +4,7 @@
   python evaluate.py weights=lastest_EMA.pth experiment=irsde_rain100h data.root=DIR   (official release weights)
   python evaluate.py model=diffpir prior_ckpt=PRIOR task=sr_x4 data=celebahq noise_sigma=0.05 nfe=100
   python evaluate.py restored=DIR gt=DIR [data=rain100h | convention=y|rgb crop_border=N] [out=DIR]
+  python evaluate.py restored=DIR [crop_border=N]     (no ground truth: NIQE only)
   python evaluate.py ckpt=... trainer.devices=4 [trainer.num_nodes=2] [trainer.strategy=ddp]   (many devices)
 
 Prints a table (PSNR, SSIM, LPIPS, FID, NFEs, seconds per image), writes out/metrics.json (means at the top
@@ -81,20 +82,28 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 def score_folders(cfg: DictConfig) -> dict:
-    """Score restored images against ground truth with the same metric code as every evaluation."""
+    """Score restored images against ground truth with the same metric code as every evaluation, or alone
+    (restored=DIR without gt=) with the no-reference NIQE."""
     from core import evaluation as ev
     from core.errors import ConfigError
     from data.layouts import folder_pairs
 
-    if not (cfg.restored and cfg.gt):
-        raise ConfigError("scoring existing images needs both restored=DIR and gt=DIR")
+    if not cfg.restored:
+        raise ConfigError("scoring existing images needs restored=DIR (and gt=DIR for PSNR/SSIM/LPIPS/DISTS)")
     data = cfg.get("data") or {}
     convention = {"y_channel": bool(data.get("metric_y_channel", False)),
                   "crop_border": int(data.get("metric_crop_border", 0)), **_user_convention(cfg)}
-    metrics = ev.ImageMetrics(**convention, perceptual=cfg.perceptual)
-    rows = ev.score_files(folder_pairs(cfg.restored, cfg.gt), metrics)
-    summary = {**metrics.summary(rows), "dataset": Path(cfg.gt).name,
-               "convention": "y" if convention["y_channel"] else "rgb", "crop_border": convention["crop_border"]}
+    if cfg.gt:
+        metrics = ev.ImageMetrics(**convention, perceptual=cfg.perceptual)
+        rows = ev.score_files(folder_pairs(cfg.restored, cfg.gt), metrics)
+        summary = {**metrics.summary(rows), "dataset": Path(cfg.gt).name,
+                   "convention": "y" if convention["y_channel"] else "rgb", "crop_border": convention["crop_border"]}
+    else:  # no reference: NIQE on the Y channel (BasicSR's calculate_niqe), whatever the convention
+        from core.noreference import score_folder
+
+        rows, summary = score_folder(cfg.restored, convention["crop_border"])
+        summary = {**summary, "dataset": Path(cfg.restored).name, "convention": "y",
+                   "crop_border": convention["crop_border"]}
     out = Path(cfg.out or Path(cfg.restored).parent / "scores")
     ev.write_results(out, summary, rows)
     ev.report(summary, rows, cfg.per_image)

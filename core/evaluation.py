@@ -24,11 +24,13 @@ import torchmetrics
 from torch import Tensor
 from torchmetrics.utilities.data import dim_zero_cat
 
+from core.dists import make_dists
 from core.io import to_uint8, write_image
 from core.metrics import make_fid, make_lpips, psnr_ssim, quantize_8bit
+from core.noreference import load_niqe_params, niqe_batch
 from core.restorer import Restorer
 
-COLUMNS = ("psnr", "ssim", "lpips", "psnr_input", "ssim_input", "seconds")
+COLUMNS = ("psnr", "ssim", "lpips", "dists", "niqe", "psnr_input", "ssim_input", "seconds")
 
 
 class ImageMetrics(torchmetrics.Metric):
@@ -50,9 +52,12 @@ class ImageMetrics(torchmetrics.Metric):
         self.y_channel, self.crop_border = bool(y_channel), int(crop_border)
         lpips = make_lpips("cpu") if perceptual else None
         fid = make_fid("cpu") if perceptual else None
+        dists = make_dists("cpu") if perceptual else None
+        self._niqe = load_niqe_params() if perceptual else None  # NIQE's pristine model (numpy, not a state)
         # plain lists hide the networks from nn.Module registration (see the class docstring)
         self._lpips_net: list[torch.nn.Module] = [lpips.net] if lpips is not None else []
         self._fid: list[torchmetrics.Metric] = [fid] if fid is not None else []
+        self._dists_net: list[torch.nn.Module] = [dists] if dists is not None else []
         self.names: dict[int, str] = {}
         self.add_state("index", default=[], dist_reduce_fx="cat")
         for column in COLUMNS:
@@ -77,6 +82,9 @@ class ImageMetrics(torchmetrics.Metric):
         psnr_in, ssim_in = (psnr_ssim(lq.float().to(gt.device), gt, self.y_channel, self.crop_border)
                             if lq is not None and lq.shape == gt.shape else (nan, nan))
         values = {"psnr": psnr, "ssim": ssim, "lpips": self._lpips_scores(restored, gt) if self.has_lpips else nan,
+                  "dists": self._dists_scores(restored, gt) if self._dists_net else nan,
+                  "niqe": (niqe_batch(restored, self.crop_border, self._niqe).to(restored.device)
+                           if self._niqe is not None else nan),
                   "psnr_input": psnr_in, "ssim_input": ssim_in, "seconds": torch.full_like(nan, seconds)}
         self.index.append(index)
         for column in COLUMNS:
@@ -93,6 +101,11 @@ class ImageMetrics(torchmetrics.Metric):
         net = self._lpips_net[0].to(restored.device)
         return net(quantize_8bit(restored) / 255.0, quantize_8bit(gt) / 255.0, normalize=True).reshape(-1).double()
 
+    @torch.no_grad()
+    def _dists_scores(self, restored: Tensor, gt: Tensor) -> Tensor:
+        net = self._dists_net[0].to(restored.device)
+        return net(quantize_8bit(restored) / 255.0, quantize_8bit(gt) / 255.0).reshape(-1).double()
+
     def _deduplicated(self) -> dict[str, Tensor]:
         """Columns of the stored rows, one row per index (its first occurrence), sorted by index."""
         if isinstance(self.index, list) and not self.index:
@@ -108,7 +121,8 @@ class ImageMetrics(torchmetrics.Metric):
     def compute(self) -> dict[str, Tensor]:
         """Means over the distinct images: {'psnr', 'ssim'[, 'lpips']} (NaN when nothing was added)."""
         columns = self._deduplicated()
-        names = ["psnr", "ssim"] + (["lpips"] if self.has_lpips else [])
+        names = (["psnr", "ssim"] + (["lpips"] if self.has_lpips else []) + (["dists"] if self._dists_net else [])
+                 + (["niqe"] if self._niqe is not None else []))
         if not columns:
             return {name: torch.tensor(math.nan, dtype=torch.float64) for name in names}
         return {name: columns[name].mean() for name in names}
@@ -187,8 +201,9 @@ def score_files(pairs: Iterable, metrics: ImageMetrics) -> list[dict]:
 def report(summary: dict, rows: list[dict], per_image: bool | None = None) -> None:
     """Every image's scores (by default when at most 30), the summary table and the input -> output line."""
     if per_image if per_image is not None else len(rows) <= 30:
-        print(format_table(rows, PER_IMAGE_COLUMNS) + "\n")
-    print(format_table([summary], [c for c in SUMMARY_COLUMNS if c[0] in summary or c[0] in ("lpips", "fid")]))
+        print(format_table(rows, [c for c in PER_IMAGE_COLUMNS if any(c[0] in r for r in rows)]) + "\n")
+    always = ("lpips", "fid") if "psnr" in summary else ()  # '-' says a reference metric was skipped
+    print(format_table([summary], [c for c in SUMMARY_COLUMNS if c[0] in summary or c[0] in always]))
     if "psnr_input" in summary:
         print(f"degraded input: PSNR {summary['psnr_input']:.3f} dB, SSIM {summary['ssim_input']:.4f} "
               f"-> restored: PSNR {summary['psnr']:.3f} dB, SSIM {summary['ssim']:.4f}")
@@ -252,7 +267,8 @@ def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 SUMMARY_COLUMNS = [
     ("dataset", "dataset", ""), ("n_images", "images", "d"), ("psnr", "PSNR", ".3f"), ("ssim", "SSIM", ".4f"),
-    ("lpips", "LPIPS", ".4f"), ("fid", "FID", ".2f"), ("nfe", "NFEs", "d"), ("seconds_per_image", "s/image", ".3f"),
+    ("lpips", "LPIPS", ".4f"), ("dists", "DISTS", ".4f"), ("niqe", "NIQE", ".3f"), ("fid", "FID", ".2f"),
+    ("nfe", "NFEs", "d"), ("seconds_per_image", "s/image", ".3f"),
 ]
 PER_IMAGE_COLUMNS = [("name", "image", ""), ("psnr_input", "PSNR in", ".2f"), ("psnr", "PSNR out", ".2f"),
-                     ("ssim_input", "SSIM in", ".4f"), ("ssim", "SSIM out", ".4f")]
+                     ("ssim_input", "SSIM in", ".4f"), ("ssim", "SSIM out", ".4f"), ("niqe", "NIQE", ".3f")]

@@ -14,3 +14,6 @@ if [ "${1:-}" = "dev" ]; then
 else
   .venv/bin/pip install -q -r requirements.txt
 fi
+# NIQE's pristine model (niqe_pris_params.npz, from the NIQE authors' release) ships inside MMagic's wheel
+# (Apache-2.0); core/noreference.py reads only that file, so the package goes in without its dependencies
+.venv/bin/pip install -q --no-deps mmagic==1.2.0

@@ -207,3 +207,22 @@ def test_out_of_memory_names_the_batch_and_the_settings_that_lower_it(tmp_path):
     with pytest.raises(OutOfMemory, match=r"at step 1 with data.batch_size=4 per device, data.patch_size=32.*"
                                           r"trainer.precision=bf16-mixed.*CUDA out of memory"):
         train(tiny_config(tmp_path, "+callbacks.oom._target_=tests.integration.test_irsde_pipeline.RaiseOutOfMemory"))
+
+
+def test_score_folder_without_ground_truth(tmp_path, monkeypatch):
+    """restored=DIR alone: NIQE per image (Y channel, crop_border) with the no-reference code, nothing else."""
+    import evaluate
+    from core import noreference
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(36, 36))
+    model = rng.normal(1.0, 0.5, 36), a @ a.T / 36 + 0.1 * np.eye(36)  # a stand-in for the pristine model
+    monkeypatch.setattr(noreference, "load_niqe_params", lambda path=None: model)
+    images = [np.clip(rng.normal(128, 40, (110, 200, 3)), 0, 255).astype(np.uint8) for _ in range(2)]
+    for i, img in enumerate(images):
+        write_image(tmp_path / "restored" / f"im{i}.png", img)
+    evaluate.main([f"restored={tmp_path / 'restored'}", "crop_border=2", f"out={tmp_path / 'scores'}"])
+    saved = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    expected = np.mean([noreference.calculate_niqe(img, 2, model) for img in images])
+    assert saved["n_images"] == 2 and saved["niqe"] == pytest.approx(expected, rel=1e-12)
+    assert "psnr" not in saved and saved["convention"] == "y"

@@ -346,7 +346,7 @@ def test_make_lpips_missing_weights(offline_empty_torch_home, caplog: pytest.Log
     metric = ImageMetrics(y_channel=False, crop_border=0, perceptual=True)
     x = torch.rand(1, 3, 16, 16)
     metric.update(x, x, torch.tensor([0]))
-    assert set(metric.compute()) == {"psnr", "ssim"}
+    assert {"psnr", "ssim"} <= set(metric.compute()) and "lpips" not in metric.compute()  # (NIQE: when installed)
     assert len([r for r in _warnings(caplog) if "LPIPS" in r.getMessage()]) == 1  # (and one for FID)
 
 
