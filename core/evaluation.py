@@ -59,6 +59,7 @@ class ImageMetrics(torchmetrics.Metric):
         self._fid: list[torchmetrics.Metric] = [fid] if fid is not None else []
         self._dists_net: list[torch.nn.Module] = [dists] if dists is not None else []
         self.names: dict[int, str] = {}
+        self.input_upsampled = False  # super-resolution: the input scores are of its bicubic upsampling
         self.add_state("index", default=[], dist_reduce_fx="cat")
         for column in COLUMNS:
             self.add_state(column, default=[], dist_reduce_fx="cat")
@@ -79,8 +80,10 @@ class ImageMetrics(torchmetrics.Metric):
         restored, gt = restored.float(), gt.float().to(restored.device)
         nan = torch.full((n,), math.nan, dtype=torch.float64, device=restored.device)
         psnr, ssim = psnr_ssim(restored, gt, self.y_channel, self.crop_border)
-        psnr_in, ssim_in = (psnr_ssim(lq.float().to(gt.device), gt, self.y_channel, self.crop_border)
-                            if lq is not None and lq.shape == gt.shape else (nan, nan))
+        baseline = _as_input_baseline(lq, gt) if lq is not None else None
+        self.input_upsampled |= baseline is not None and lq.shape != gt.shape
+        psnr_in, ssim_in = (psnr_ssim(baseline, gt, self.y_channel, self.crop_border) if baseline is not None
+                            else (nan, nan))
         values = {"psnr": psnr, "ssim": ssim, "lpips": self._lpips_scores(restored, gt) if self.has_lpips else nan,
                   "dists": self._dists_scores(restored, gt) if self._dists_net else nan,
                   "niqe": (niqe_batch(restored, self.crop_border, self._niqe).to(restored.device)
@@ -144,9 +147,26 @@ class ImageMetrics(torchmetrics.Metric):
             values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
             if values:
                 out[key] = float(np.mean(values))
+        if self.input_upsampled:
+            out["input"] = "bicubic-upsampled"
         if self._fid and len(rows) >= 2:
             out["fid"] = float(self._fid[0].compute())
         return out
+
+
+def _as_input_baseline(lq: Tensor, gt: Tensor) -> Tensor | None:
+    """The degraded input as scored against the ground truth: itself at the same size; a low-resolution input
+    (super-resolution) upsampled by MATLAB bicubic, the papers' baseline, when the sizes differ by an integer
+    factor; otherwise None (no input score)."""
+    lq = lq.float().to(gt.device)
+    if lq.shape == gt.shape:
+        return lq
+    (h, w), (gh, gw) = lq.shape[-2:], gt.shape[-2:]
+    if lq.shape[:2] != gt.shape[:2] or gh % h or gw % w or gh // h != gw // w:
+        return None
+    from data.resize import imresize
+
+    return imresize(lq, scale=gh // h).clamp(0, 1)
 
 
 @torch.no_grad()
@@ -205,7 +225,8 @@ def report(summary: dict, rows: list[dict], per_image: bool | None = None) -> No
     always = ("lpips", "fid") if "psnr" in summary else ()  # '-' says a reference metric was skipped
     print(format_table([summary], [c for c in SUMMARY_COLUMNS if c[0] in summary or c[0] in always]))
     if "psnr_input" in summary:
-        print(f"degraded input: PSNR {summary['psnr_input']:.3f} dB, SSIM {summary['ssim_input']:.4f} "
+        what = "degraded input" + (", bicubic-upsampled" if summary.get("input") == "bicubic-upsampled" else "")
+        print(f"{what}: PSNR {summary['psnr_input']:.3f} dB, SSIM {summary['ssim_input']:.4f} "
               f"-> restored: PSNR {summary['psnr']:.3f} dB, SSIM {summary['ssim']:.4f}")
 
 

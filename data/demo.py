@@ -133,3 +133,26 @@ def export_demo(folder: str | Path, task: str = "rain", image_size: int = 128,
                 write_image(path, item[key])
                 written.append(path)
     return written
+
+
+def real_world_photo(photo: str = "chelsea", size: int = 256, scale: int = SCALE, quality: int = 60,
+                     seed: int = 0) -> tuple[np.ndarray, bytes]:
+    """A held-out photograph made "real": downscaled by `scale` (PIL bicubic), with sensor-like noise (shot noise
+    of a 400-photon full well + read noise of 1 %), saved by a real JPEG encoder (PIL's libjpeg) at `quality`:
+    not the Real-ESRGAN simulation the real-world demo model trained on. (GT uint8 size x size x 3, JPEG bytes.)"""
+    import io
+
+    from PIL import Image
+
+    if photo not in TEST_PHOTOS:
+        raise DataError(f"photo={photo}: a held-out demo photo is one of {', '.join(TEST_PHOTOS)}")
+    gt = _centre_square(_short_side_to(load_photo(photo), size), size)
+    gt8 = np.clip(np.rint(gt * 255), 0, 255).astype(np.uint8)
+    small = np.asarray(Image.fromarray(gt8).resize((size // scale, size // scale), Image.BICUBIC), np.float64) / 255
+    rng = np.random.default_rng(seed)
+    photons = 400.0  # shot noise std = sqrt(signal / photons)
+    noisy = rng.poisson(small * photons) / photons + rng.normal(0.0, 0.01, small.shape)
+    noisy8 = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noisy8).save(buffer, format="JPEG", quality=quality)
+    return gt8, buffer.getvalue()

@@ -38,10 +38,11 @@ step "evaluation on CUDA"
     out="$OUT/eval_fast" progress=false | tee -a "$OUT/eval.txt"
 
 step "evaluation throughput on one GPU (evaluate.py through Lightning's Trainer.test)"
-"$PY" -m benchmarks.inference_scaling --device cuda --procs 1 --images 32 --size 256 --repeats 1 \
+"$PY" -m benchmarks.inference_scaling --device cuda --cells 1x1 --images 32 --size 256 --repeats 1 \
     --out "$OUT/inference_scaling_cuda.json"
 
 step "speed benchmarks on CUDA"
+"$PY" -m benchmarks.realesrgan_degradation --device cuda --out "$OUT/realesrgan_degradation_cuda.json"
 "$PY" -m benchmarks.irsde_fast_path --device cuda --fast mr_ode:2@10 mr_ode:2@5 --out "$OUT/irsde_fast_path.json"
 "$PY" -m benchmarks.irsde_fast_path --device cuda --fast mr_ode:2@10 mr_ode:2@5 --compile \
     --out "$OUT/irsde_fast_path_compiled.json"

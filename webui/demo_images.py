@@ -54,4 +54,14 @@ def write_demo_images(root: str | Path) -> list[Demo]:
         low = imresize(faces[i]["gt"], scale=1 / SCALE).clamp(0, 1)  # MATLAB bicubic, as the demo's SR data
         add("face_x4", f"{faces[i]['name']} — 8x8 face (super-resolve x{SCALE})", faces[i]["name"], low,
             faces[i]["gt"], f"sr_x{SCALE}")
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from data.demo import real_world_photo
+
+    gt, jpeg = real_world_photo("chelsea", size=128)  # a real JPEG encoder's output, not the training simulation
+    add("real_x4", f"chelsea — 32x32 phone-like JPEG (real-world x{SCALE})", "chelsea",
+        np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")), gt)
     return demos

@@ -66,3 +66,47 @@ def test_demo_prior_inpaints_held_out_faces():
         psnr_in.append(float(psnr_ssim(batch["lq"], batch["gt"], y_channel=False, crop_border=0)[0][0]))
         psnr_out.append(float(psnr_ssim(restored, batch["gt"], y_channel=False, crop_border=0)[0][0]))
     assert min(o - i for i, o in zip(psnr_in, psnr_out)) > 8.0, (psnr_in, psnr_out)
+
+
+REALSR = ASSETS / "diffir_realsr_demo_x4.ckpt"
+
+
+@pytest.mark.skipif(not REALSR.is_file(), reason="assets/diffir_realsr_demo_x4.ckpt not shipped")
+def test_real_world_demo_beats_bicubic_on_simulated_and_real_jpeg_photos():
+    """The shipped DiffIR-RealSR x4 demo (stage 2) against bicubic upsampling on the held-out photos degraded by
+    Real-ESRGAN's model with a fixed seed (its validation set; measured +0.62 dB, +0.051 SSIM on average), and on
+    a photo that a real JPEG encoder (PIL) saved after downscaling and sensor-like noise
+    (data.demo.real_world_photo), which it never trained on: there the small L1-trained demo is measured 0.56 dB
+    below bicubic (README), so the test only checks that it stays within 1 dB (a broken model is far off)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from core.io import to_tensor
+    from core.loading import instantiate
+    from core.restorer import build_restorer
+    from data.demo import real_world_photo
+    from data.resize import imresize
+
+    module, cfg = module_from_checkpoint(REALSR)
+    restorer = build_restorer(module)
+    data = instantiate(cfg.data)
+    data.setup("test")
+    gains, ssim_gains = [], []
+    for i in range(len(data.test_set)):
+        item = data.test_set[i]
+        lq, gt = item["lq"][None], item["gt"][None]
+        bicubic = imresize(item["lq"], scale=4).clamp(0, 1)[None]
+        restored = restorer.restore(lq, generator=torch.Generator().manual_seed(i))
+        (p_out, s_out), (p_bic, s_bic) = psnr_ssim(restored, gt, True, 0), psnr_ssim(bicubic, gt, True, 0)
+        gains.append(float(p_out[0] - p_bic[0]))
+        ssim_gains.append(float(s_out[0] - s_bic[0]))
+    assert sum(gains) / len(gains) > 0.4 and sum(ssim_gains) / len(ssim_gains) > 0.03, (gains, ssim_gains)
+    gt8, jpeg = real_world_photo("chelsea", size=128)
+    lq = to_tensor(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))[None]
+    gt = to_tensor(gt8)[None]
+    restored = restorer.restore(lq, generator=torch.Generator().manual_seed(0))
+    bicubic = imresize(lq[0], scale=4).clamp(0, 1)[None]
+    assert restored.shape == gt.shape
+    assert psnr_ssim(restored, gt, True, 0)[0][0] > psnr_ssim(bicubic, gt, True, 0)[0][0] - 1.0

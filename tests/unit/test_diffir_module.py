@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from functools import partial
 from types import SimpleNamespace
 
@@ -441,7 +442,7 @@ def test_experiment_builds_its_module_optimizer_and_callbacks(experiment):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={experiment}", *SMALL_NET])
     module = instantiate(cfg.model)
-    assert module.stage == (1 if "_s1_" in experiment else 2)
+    assert module.stage == (1 if re.search(r"_s1(_|$)", experiment) else 2)
     configured = module.configure_optimizers()
     if isinstance(configured, dict):
         scheduler = configured["lr_scheduler"]["scheduler"]

@@ -14,7 +14,10 @@ def _module() -> IRSDEModule:
     return IRSDEModule(net=ConditionalUNet(nf=8, depth=2), sde={"max_sigma": 10, "T": 20})
 
 
-def test_progress_draws_a_bar_per_sampler_step_and_per_tile_with_the_time_left(capsys):
+def test_progress_draws_a_bar_per_sampler_step_and_per_tile_with_the_time_left(capsys, monkeypatch):
+    import core.progress
+
+    monkeypatch.setattr(core.progress, "is_terminal", lambda stream=None: True)  # the bars of a terminal
     module = prepare_for_inference(_module(), torch.device("cpu"), "32")
     restorer = build_restorer(module, {"sampler": "mr_ode", "steps": 3, "tile": 16, "overlap": 4}, progress=True)
     restorer.restore(torch.rand(1, 3, 24, 24), generator=torch.Generator().manual_seed(0))

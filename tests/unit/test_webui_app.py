@@ -95,11 +95,13 @@ def test_demo_images_are_input_and_ground_truth_under_one_name(tmp_path):
 
     demos = write_demo_images(tmp_path)
     kinds = {d.kind for d in demos}
-    assert {"noise", "rain", "blur", "face", "face_x4"} <= kinds
+    assert {"noise", "rain", "blur", "face", "face_x4", "real_x4"} <= kinds
     for demo in demos:
         assert demo.lq.name == demo.gt.name and demo.lq.is_file() and demo.gt.is_file()
     sr = next(d for d in demos if d.kind == "face_x4")
     assert image_size(sr.lq) == (8, 8) and image_size(sr.gt) == (32, 32) and sr.task == "sr_x4"
+    real = next(d for d in demos if d.kind == "real_x4")  # a real JPEG encoder's output, for the RealSR demo
+    assert image_size(real.lq) == (32, 32) and image_size(real.gt) == (128, 128)
 
 
 def test_page_values_become_options():
