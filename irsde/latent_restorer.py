@@ -17,10 +17,8 @@ from torch import Tensor, nn
 from core.errors import ConfigError
 from core.nn import count_parameters
 from core.restorer import Restorer
-from irsde import samplers
 from irsde.latent_tiling import tiled_decode, tiled_encode
-from irsde.parameterization import as_noise_model
-from irsde.restorer import IRSDERestorer, _tiled
+from irsde.restorer import IRSDERestorer
 
 LATENT_TILE = 64  # latent pixels (512 image pixels)
 OVERLAP = 32  # image pixels; a multiple of the autoencoder's downscale (8) as latent_tiling needs
@@ -72,19 +70,8 @@ class LatentIRSDERestorer(IRSDERestorer):
     @torch.no_grad()
     def restore(self, lq: Tensor, *, generator: torch.Generator | None = None, **conditions) -> Tensor:
         mu, hidden = self.codec.encode(lq)
-        latent = self.sample_latent(mu, generator)
+        latent = self.sample(mu, generator)  # IRSDERestorer's sampler, unclamped: a latent is not an image
         return self.codec.decode(latent.to(mu.dtype), hidden).clamp(0, 1)
-
-    def sample_latent(self, mu: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """IRSDERestorer.restore without its final clamp to [0, 1] (a latent is not an image)."""
-        model = self.net if not self.tile else _tiled(self.net, self.tile, self.overlap, self.progress)
-        model = as_noise_model(model, self.sde, self.prediction)
-        extra = {"sigma": self.sigma} if self.denoising else {}
-        if self.clip_x0 is not None:
-            extra["clip_x0"] = self.clip_x0
-        extra.update(self.mr)
-        return samplers.restore(self.sampler, self.sde, model, mu, steps=self.steps, generator=generator,
-                                progress=self.progress, **extra)
 
     def describe(self) -> str:
         ae = count_parameters(self.codec.autoencoder) / 1e6

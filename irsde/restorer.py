@@ -46,15 +46,18 @@ class IRSDERestorer(Restorer):
 
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, *, generator: torch.Generator | None = None, **conditions) -> torch.Tensor:
+        return self.sample(lq, generator).clamp(0, 1)
+
+    def sample(self, mu: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The sampler's end state from the condition `mu`, unclamped (latent Refusion samples latents)."""
         model = self.net if not self.tile else _tiled(self.net, self.tile, self.overlap, self.progress)
         model = as_noise_model(model, self.sde, self.prediction)
-        extra = {"sigma": self.sigma} if self.denoising else {}  # lq is the noisy image there
+        extra = {"sigma": self.sigma} if self.denoising else {}  # mu is the noisy image there
         if self.clip_x0 is not None:
             extra["clip_x0"] = self.clip_x0
         extra.update(self.mr)
-        out = samplers.restore(self.sampler, self.sde, model, lq, steps=self.steps, generator=generator,
-                               progress=self.progress, **extra)
-        return out.clamp(0, 1)
+        return samplers.restore(self.sampler, self.sde, model, mu, steps=self.steps, generator=generator,
+                                progress=self.progress, **extra)
 
     def nfe(self) -> int:
         start = self.sde.optimal_timestep(self.sigma) if self.denoising else self.sde.T
