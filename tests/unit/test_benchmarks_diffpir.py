@@ -221,7 +221,7 @@ def test_quality_quick_recomputed_by_hand(quality_run: dict):
             assert len(row["per_image_psnr"]) == 2 and row["seconds_per_image"] > 0
             assert row["psnr"] == pytest.approx(sum(row["per_image_psnr"]) / 2)
             assert 0 < row["ssim"] <= 1
-    assert data["tasks"]["sr_x2"]["input"] is None  # a 16x16 measurement is not scored against 32x32 faces
+    assert data["tasks"]["sr_x2"]["input"] is not None  # a 16x16 measurement is scored bicubic-upsampled
 
     dataset = build_demo_split("inpaint", "test", patch_size=32, image_size=32, source="faces")
     schedule = DDPMSchedule()
@@ -270,8 +270,9 @@ def test_quality_quick_recomputed_by_hand(quality_run: dict):
             assert entry["crop_border"] == border
             assert two["per_image_psnr"][position] == pytest.approx(numpy_psnr(restored[0], gt[0], border),
                                                                      abs=1e-6), task
-            if entry["input"] is not None:
-                assert entry["input"]["per_image_psnr"][position] == pytest.approx(numpy_psnr(y[0], gt[0]), abs=1e-6)
+            baseline = imresize(y, scale=2).clamp(0, 1) if task == "sr_x2" else y  # SR: the bicubic upsampling
+            assert entry["input"]["per_image_psnr"][position] == pytest.approx(numpy_psnr(baseline[0], gt[0], border),
+                                                                             abs=1e-6), task
     assert quality_run["plot"].is_file() and quality_run["plot"].stat().st_size > 1000
 
 
