@@ -11,9 +11,16 @@ Every random choice of sample i comes from a generator seeded by (seed, epoch, d
 uninterrupted process. ``degradation_seed`` null uses the run's ``seed``.
 
 Not reproduced: the official 180-pair training pool (``data.realesrgan.pool``; its mixing across batches breaks the
-per-sample determinism) and, for S2-GAN, a discriminator target different from the L1 / perceptual target
-(``l1_gt_usm`` True with ``gan_gt_usm`` False, the *_V2 fine-tuning files): the official train_*.yml files used by
-the experiments set every ``*_gt_usm`` False.
+per-sample determinism).
+
+S2-GAN's USM options (official ``l1_gt_usm`` / ``percep_gt_usm`` / ``gan_gt_usm``, DiffIRGANS2Model): official
+``l1_gt_usm`` is ``model.degradation.gt_usm``. As there, it makes the LQ from the sharpened full HR image and makes
+the sharpened GT the target of the pixel loss and the stage-1 teacher's GT; the perceptual loss uses the same
+target (``percep_gt_usm`` equal to ``l1_gt_usm``, as in every official file). ``model.gan_gt_usm`` false (official,
+default) gives the discriminator the plain GT. The train_DiffIRS2_GAN_x*.yml files set all three False; the *_V2
+files set ``l1_gt_usm`` / ``percep_gt_usm`` True and ``gan_gt_usm`` False (experiment=diffir_realsr_s2gan_x*_v2).
+As the official feed_data, which sharpens the cropped GT again after its pool, the S2-GAN target is the USM of the
+GT crop (not the crop of the sharpened full image: they differ within the USM radius of the crop's edges).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import ConfigError
-from data.realesrgan import DegradationOptions, degrade, sample_generators
+from data.realesrgan import DegradationOptions, degrade, sample_generators, usm_sharpen
 from diffir.stage1 import DiffIRStage1Module
 from diffir.stage2 import DiffIRStage2Module
 from diffir.stage2_gan import DiffIRStage2GANModule
@@ -69,7 +76,8 @@ class RealESRGANTraining:
         hr = batch["gt"]
         generators = sample_generators(self.seed, int(self.current_epoch), batch["index"])
         out = degrade(hr, generators, self.net.out_scale, self.degradation)
-        return {"lq": out.lq.to(hr.dtype).contiguous(), "gt": out.gt.to(hr.dtype), "gt_plain": out.gt_plain}
+        return {"lq": out.lq.to(hr.dtype).contiguous(), "gt": out.gt.to(hr.dtype),
+                "gt_plain": out.gt_plain.to(hr.dtype)}
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> Any:
         result = super().on_train_batch_start(batch, batch_idx)
@@ -87,12 +95,20 @@ class RealSRStage2Module(RealESRGANTraining, DiffIRStage2Module):
 
 
 class RealSRStage2GANModule(RealESRGANTraining, DiffIRStage2GANModule):
-    """DiffIR-RealSR S2-GAN (official DiffIRGANS2Model, train_DiffIRS2_GAN_x*.yml)."""
+    """DiffIR-RealSR S2-GAN (official DiffIRGANS2Model, train_DiffIRS2_GAN_x*.yml; with ``degradation.gt_usm``
+    true and ``gan_gt_usm`` false, the *_V2 files): L1, perceptual and the teacher on ``gt`` (sharpened when
+    gt_usm), the discriminator on ``gt_plain``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.degradation.gt_usm:
-            raise ConfigError("model.degradation.gt_usm=true is not supported for the S2-GAN stage: the official "
-                              "V2 recipe trains L1/perceptual on the sharpened GT but the discriminator on the "
-                              "plain one, which diffir.stage2_gan does not separate yet")
+        if self.gan_gt_usm and not self.degradation.gt_usm:
+            raise ConfigError("model.gan_gt_usm=true needs model.degradation.gt_usm=true: a sharpened "
+                              "discriminator target with a plain L1 target and LQ source (official l1_gt_usm "
+                              "False, gan_gt_usm True) is not supported")
 
+    def degrade_batch(self, batch: dict) -> dict:
+        out = super().degrade_batch(batch)
+        if self.degradation.gt_usm:
+            # official feed_data: self.gt_usm = self.usm_sharpener(self.gt) on the cropped GT (after the pool)
+            out["gt"] = usm_sharpen(out["gt_plain"].float()).to(out["gt_plain"].dtype)
+        return out

@@ -10,7 +10,11 @@ Each iteration (1-based, as BasicSR counts), as the official ``optimize_paramete
    with the official 1 / 0), with the discriminator's parameters frozen: ``L1 + l_abs + perceptual (+ style)
    + GAN(D(output), real)``. The IPR loss back-propagates ``l_abs`` and logs ``l_kd`` (``model.kd``), as the
    official code, which computes both from the last IPR of the chain.
-3. Discriminator step, every iteration: ``GAN(D(gt), real) + GAN(D(output.detach()), fake)``, unweighted.
+3. Discriminator step, every iteration: ``GAN(D(real), real) + GAN(D(output.detach()), fake)``, unweighted.
+   ``real`` is the official ``gan_gt``: with ``gan_gt_usm`` false (default; every official file) the batch's
+   ``gt_plain`` when it has one (the unsharpened GT of the Real-ESRGAN recipes, ``diffir.realsr``), else its
+   ``gt``; with ``gan_gt_usm`` true always its ``gt``. The pixel and perceptual losses and the stage-1 teacher use
+   the batch's ``gt`` (the official ``l1_gt`` / ``percep_gt``: the USM-sharpened GT when the recipe sharpens).
 4. Both learning-rate schedulers step; the EMA of the generator follows (``RestorationModule``).
 
 Lightning, manual optimization. Lightning counts *every* ``LightningOptimizer.step()`` as a training step (with
@@ -60,7 +64,9 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
     no perceptual loss); gan: ``diffir.gan.GANLoss`` arguments; net_d_iters / net_d_init_iters: the generator
     steps at iterations ``i % net_d_iters == 0 and i > net_d_init_iters``; stage2_ckpt: the stage-2 checkpoint a
     fresh run fine-tunes; stage2_match: keys of the data config that must equal the stage-2 run's (empty: no
-    check); stage1_ckpt: the teacher's stage-1 checkpoint (needed with official stage-2 files only); kd,
+    check); stage1_ckpt: the teacher's stage-1 checkpoint (needed with official stage-2 files only);
+    gan_gt_usm: the discriminator's real images are the batch's ``gt`` (true) or its ``gt_plain`` when present
+    (false, official DiffIR-RealSR ``gan_gt_usm: False``; batches without ``gt_plain`` use ``gt`` either way); kd,
     pixel_loss, stage1_match: as stage 2."""
 
     def __init__(
@@ -79,6 +85,7 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         stage1_ckpt: str | None = None,
         stage1_match: Sequence[str] = ("_target_", "task", "scale"),
         stage2_match: Sequence[str] = ("_target_", "task", "scale"),
+        gan_gt_usm: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(net, encoder_iter=0, kd=kd, pixel_loss=pixel_loss, stage1_ckpt=stage1_ckpt,
@@ -103,6 +110,7 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
         self.gan_loss = GANLoss(**dict(gan or {}))
         self.net_d_iters, self.net_d_init_iters = int(net_d_iters), int(net_d_init_iters)
         self.stage2_ckpt, self.stage2_match = stage2_ckpt, tuple(stage2_match)
+        self.gan_gt_usm = bool(gan_gt_usm)
         self.perceptual_cfg = dict(perceptual) if perceptual else None
         # a plain dict, not a submodule: the VGG stays out of state_dict() and so out of every checkpoint
         self._loss_nets: dict[str, nn.Module] = {}
@@ -165,6 +173,12 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
             )
 
     # -- training ----------------------------------------------------------------------------------------------
+    def discriminator_target(self, batch: dict) -> torch.Tensor:
+        """The discriminator's real images (official ``gan_gt``): ``gt``, or ``gt_plain`` when present and
+        ``gan_gt_usm`` is false."""
+        gt = batch["gt"]
+        return gt if self.gan_gt_usm else batch.get("gt_plain", gt).to(gt.dtype)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         opt_g, opt_d = self.optimizers()
         iteration = self.global_step + 1
@@ -201,7 +215,7 @@ class DiffIRStage2GANModule(DiffIRStage2Module):
             self.trainer.strategy.optimizer_step(opt_g.optimizer, closure=_no_closure)
 
         self.discriminator.requires_grad_(True)
-        real_pred = self.discriminator(gt)
+        real_pred = self.discriminator(self.discriminator_target(batch))
         l_d_real = self.gan_loss(real_pred, True, is_disc=True)
         fake_pred = self.discriminator(restored.detach())
         l_d_fake = self.gan_loss(fake_pred, False, is_disc=True)

@@ -91,3 +91,24 @@ def test_extending_a_run_is_exact(tmp_path):
     assert a["global_step"] == b["global_step"] == 7
     for key, value in a["state_dict"].items():
         assert torch.equal(b["state_dict"][key], value), key
+
+
+@pytest.mark.parametrize("scale", [4, 2, 1])
+def test_v2_experiments_differ_from_v1_by_the_official_usm_options_only(scale):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    def compose_(experiment: str, *overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", overrides=[f"experiment={experiment}", *overrides])
+
+    v1 = OmegaConf.to_container(compose_(f"diffir_realsr_s2gan_x{scale}"))
+    v2 = OmegaConf.to_container(compose_(f"diffir_realsr_s2gan_x{scale}_v2"))
+    # train_DiffIRS2_GAN_x*_V2.yml: l1_gt_usm / percep_gt_usm True, gan_gt_usm False; nothing else differs
+    assert v2["model"].pop("gan_gt_usm") is False and v2["model"]["degradation"].pop("gt_usm") is True
+    assert v1["model"]["degradation"].get("gt_usm", False) is False
+    assert v2.pop("name") == f"{v1.pop('name')}_v2"
+    assert v1 == v2
+    tiny = [o for o in TINY if o.startswith("model.net.")]
+    module = instantiate(compose_(f"diffir_realsr_s2gan_x{scale}_v2", *tiny).model)  # no refusal any more
+    assert module.degradation.gt_usm and not module.gan_gt_usm

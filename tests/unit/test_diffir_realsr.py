@@ -64,13 +64,101 @@ def test_seed_defaults_to_the_run_seed():
     assert module.seed == 123
 
 
-def test_gan_stage_refuses_gt_usm():
+def _gan_module(cls, **kw):
+    from functools import partial
+
     from diffir.discriminators import UNetDiscriminatorSN
     from diffir.networks import DiffIRS2
 
-    with pytest.raises(ConfigError, match="gt_usm"):
-        RealSRStage2GANModule(DiffIRS2(scale=4, **TINY_NET), UNetDiscriminatorSN(num_feat=4),
-                              optimizer_d=lambda p: torch.optim.Adam(p), degradation={"gt_usm": True})
+    torch.manual_seed(0)
+    module = cls(DiffIRS2(scale=4, **TINY_NET), UNetDiscriminatorSN(num_feat=4),
+                 optimizer=partial(torch.optim.Adam, lr=1e-4), optimizer_d=partial(torch.optim.Adam, lr=1e-4), **kw)
+    module.load_initial_weights = lambda *args, **kwargs: None  # random weights: no stage-2 file
+    return module
+
+
+def _one_gan_step(module, items: list[dict]) -> dict:
+    """One training iteration; the targets the losses, the teacher and the discriminator saw, and the batch."""
+    import lightning as L
+
+    seen: dict = {"d": []}
+    module.discriminator.register_forward_pre_hook(lambda _, args: seen["d"].append(args[0].detach().clone()))
+    teacher_ipr, perceptual, pixel = module.teacher_ipr, module.perceptual_loss, module.pixel_loss
+
+    def teacher_spy(inp, gt):
+        seen["teacher"] = gt.detach().clone()
+        return teacher_ipr(inp, gt)
+
+    def perceptual_spy(restored, gt):
+        seen["percep"] = gt.detach().clone()
+        return perceptual(restored, gt)
+
+    def pixel_spy(restored, gt, mask=None):
+        seen["pix"] = gt.detach().clone()
+        return pixel(restored, gt, mask)
+
+    module.teacher_ipr, module.perceptual_loss, module.pixel_loss = teacher_spy, perceptual_spy, pixel_spy
+
+    class Batch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen["batch"] = {k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[Batch()])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(items, batch_size=len(items)))
+    return seen
+
+
+def _hr_items(n: int = 2, size: int = 48) -> list[dict]:
+    g = torch.Generator().manual_seed(3)
+    return [{"gt": torch.rand(3, size, size, generator=g), "lq": torch.zeros(3, size, size), "index": i}
+            for i in range(n)]
+
+
+def test_gan_v2_sharpened_pixel_perceptual_and_teacher_target_plain_discriminator_target():
+    from data.realesrgan import usm_sharpen
+
+    options = {"gt_size": 32, "gt_usm": True}
+    items = _hr_items()
+    seen = _one_gan_step(_gan_module(RealSRStage2GANModule, degradation=options, degradation_seed=7), items)
+    batch = seen["batch"]
+    plain, sharp = batch["gt_plain"], batch["gt"]
+    # the official S2-GAN target: the USM of the GT crop (sharpened again after the crop), differs from the plain
+    assert torch.equal(sharp, usm_sharpen(plain)) and (sharp - plain).abs().max() > 1e-2
+    # the LQ is degraded from the sharpened full HR image (official l1_gt_usm True): degrade() with gt_usm
+    hr = torch.stack([item["gt"] for item in items])
+    expected = degrade(hr, sample_generators(7, 0, [0, 1]), 4, DegradationOptions.from_config(options))
+    assert torch.equal(batch["lq"], expected.lq) and torch.equal(plain, expected.gt_plain)
+    assert torch.equal(seen["pix"], sharp) and torch.equal(seen["percep"], sharp)
+    assert torch.equal(seen["teacher"], sharp)
+    # the discriminator: D(output) for the generator, then D(real) = the plain GT, then D(output.detach())
+    assert len(seen["d"]) == 3 and torch.equal(seen["d"][1], plain) and not torch.equal(seen["d"][1], sharp)
+
+
+def test_gan_gt_usm_true_gives_the_discriminator_the_sharpened_gt():
+    seen = _one_gan_step(_gan_module(RealSRStage2GANModule, degradation={"gt_size": 32, "gt_usm": True},
+                                     gan_gt_usm=True), _hr_items())
+    assert torch.equal(seen["d"][1], seen["batch"]["gt"])
+    assert not torch.equal(seen["d"][1], seen["batch"]["gt_plain"])
+    with pytest.raises(ConfigError, match="gan_gt_usm=true needs model.degradation.gt_usm=true"):
+        _gan_module(RealSRStage2GANModule, degradation={"gt_usm": False}, gan_gt_usm=True)
+
+
+def test_gan_without_gt_usm_and_plain_s2gan_batches_are_unchanged():
+    from diffir.stage2_gan import DiffIRStage2GANModule
+
+    seen = _one_gan_step(_gan_module(RealSRStage2GANModule, degradation={"gt_size": 32}), _hr_items())
+    batch = seen["batch"]
+    assert torch.equal(batch["gt"], batch["gt_plain"])  # official train_DiffIRS2_GAN_x*.yml: nothing sharpened
+    assert torch.equal(seen["d"][1], batch["gt"]) and torch.equal(seen["pix"], batch["gt"])
+    # a paired (non-RealSR) S2-GAN batch has no gt_plain: every target is its gt, whatever gan_gt_usm
+    g = torch.Generator().manual_seed(4)
+    items = [{"lq": torch.rand(3, 8, 8, generator=g), "gt": torch.rand(3, 32, 32, generator=g)} for _ in range(2)]
+    for gan_gt_usm in (False, True):
+        seen = _one_gan_step(_gan_module(DiffIRStage2GANModule, gan_gt_usm=gan_gt_usm), items)
+        gt = seen["batch"]["gt"]
+        assert torch.equal(seen["d"][1], gt) and torch.equal(seen["pix"], gt) and torch.equal(seen["teacher"], gt)
 
 
 def _write(path, rng, size=40):
