@@ -36,6 +36,8 @@ def main() -> None:
             options = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#demo [data-testid=dropdown-option]"))
             next(o for o in options if o.get_attribute("aria-label").startswith(args.demo)).click()
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#gt a"), what="the demo's ground truth")
+            wait_for(lambda: [b for b in driver.find_elements(By.ID, "restore") if b.is_enabled()],
+                     what="the model's options")
             driver.find_element(By.ID, "restore").click()
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#downloads a"), timeout=600, what="the result")
             wait_for(lambda: driver.execute_script(SLIDER_SHOWN), what="the before / after images")

@@ -98,7 +98,9 @@ def build_page(models: dict[str, Model], settings: Settings, demos: list, seed: 
                                                 "default)", file_types=[".npy", *IMAGE_TYPES], elem_id="kernel",
                                           visible=str(task_now).startswith("deblur"))
                 with gr.Row():
-                    restore = gr.Button("Restore", variant="primary", elem_id="restore")
+                    # off until the first model has loaded and its fast sampler is chosen (a click before that
+                    # would run the model's own, slower sampler)
+                    restore = gr.Button("Restore", variant="primary", elem_id="restore", interactive=False)
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 estimate = gr.Markdown(elem_id="estimate")
             with gr.Column(scale=3):
@@ -154,7 +156,8 @@ def build_page(models: dict[str, Model], settings: Settings, demos: list, seed: 
         model.change(show_options, [model, task, scale], option_boxes, **PRIVATE) \
             .then(expected, estimate_inputs, estimate, **PRIVATE)
         page.load(show_options, [model, task, scale], option_boxes, **PRIVATE) \
-            .then(expected, estimate_inputs, estimate, **PRIVATE)
+            .then(expected, estimate_inputs, estimate, **PRIVATE) \
+            .then(lambda: gr.update(interactive=True), None, restore, **PRIVATE)
         gr.on([files.change, sampler.input, steps.change, sigma.change, tile.change, overlap.change, task.change,
                scale.change], expected, estimate_inputs, estimate, trigger_mode="always_last", **PRIVATE)
 

@@ -104,6 +104,8 @@ def test_bad_upload_message_stays_while_diffpir_shows_its_tasks_controls(page, t
     bad = tmp_path / "notes.png"
     bad.write_text("these are notes, not pixels\n")
     driver.get(url)
+    wait_for(lambda: [b for b in driver.find_elements(By.ID, "restore") if b.is_enabled()],
+             what="Restore, on once the model loaded")
     _upload(driver, bad)
     wait_for(lambda: "notes.png is not an image" in _text(driver, "messages"), what="the upload's message")
     driver.find_element(By.ID, "restore").click()
