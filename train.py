@@ -26,9 +26,11 @@ def train(cfg: DictConfig) -> dict:
     from core.cli import trainer_arguments
     from core.loading import instantiate
     from core.progress import is_terminal
+    from core.quiet import lightning_lines_once
     from core.training import explain_out_of_memory
 
     trainer_args = trainer_arguments(cfg.trainer)  # a misspelt trainer.* key: one line before any work
+    lightning_lines_once()
     L.seed_everything(cfg.seed, workers=True)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     out_dir = Path(cfg.paths.output_dir)

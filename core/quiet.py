@@ -29,3 +29,15 @@ def quiet_known_noise() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):
             log.addFilter(_DropTips())
+
+
+def lightning_lines_once() -> None:
+    """Under Hydra's job logging (train.py) the root logger prints every record with a timestamp and keeps it in
+    the run's train.log; Lightning 2.6 also gives the `lightning` logger a console handler of its own and lets it
+    propagate, so each of its lines would print twice. Keep the root's copy."""
+    if not logging.getLogger().handlers:
+        return  # no root handler (evaluate.py, restore.py): Lightning's own handler is the only one
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)

@@ -29,3 +29,4 @@ def test_piped_bf16_training_with_wandb_prints_lines_without_noise(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _clean(proc.stdout + proc.stderr)
     assert "Epoch 0: 100%" in proc.stdout  # Lightning's bar, as lines (core.callbacks.LineProgressBar)
+    assert (proc.stdout + proc.stderr).count("Seed set to 42") == 1  # Lightning's lines once (core.quiet)
