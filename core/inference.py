@@ -18,6 +18,7 @@ neither wraps nor moves it; `setup` puts it on the rank's device with `prepare_f
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -66,7 +67,15 @@ def inference_trainer(trainer_args: dict, device: str | None) -> L.Trainer:
     for key, value in (("enable_checkpointing", False), ("enable_model_summary", False),
                        ("enable_progress_bar", False), ("use_distributed_sampler", False)):
         args[key] = value  # the shards, the bars and the files are this module's
-    return L.Trainer(**args)
+    # Lightning's "GPU available / TPU available" lines: the first line printed names the model and the device
+    # ends up in metrics.json, so they only interrupt the story here
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        return L.Trainer(**args)
+    finally:
+        log.setLevel(level)
 
 
 class InferenceModule(L.LightningModule):

@@ -143,7 +143,7 @@ def diffpir_sample(
     if was_training:
         model.eval()  # dropout must be off while sampling; the mode is restored afterwards
     try:
-        for i, t in enumerate(bar(steps, desc="DiffPIR", disable=not progress)):
+        for i, t in enumerate(bar(steps, desc="DiffPIR", disable=not progress, leave=False)):
             a, b = schedule.coefficients(t)
             x0 = (x - b * _predict_noise(model, x, t)) / a
             if clip_denoised:
