@@ -34,3 +34,14 @@ def test_train_py_stops_on_a_misspelt_trainer_key_before_training(tmp_path):
 
     with pytest.raises(ConfigError, match=r"trainer\.max_steps"):
         train.main(["experiment=irsde_demo", "trainer.max_stepz=1", f"hydra.run.dir={tmp_path}", "logger=none"])
+
+
+def test_evaluate_and_restore_stop_on_a_misspelt_trainer_key(tmp_path):
+    import evaluate
+    import restore
+
+    with pytest.raises(ConfigError, match=r"trainer\.devicez: did you mean trainer\.devices"):
+        evaluate.main(["ckpt=assets/irsde_demo_denoise.ckpt", "trainer.devicez=2", f"out={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"trainer\.devicez: did you mean trainer\.devices"):
+        restore.main(["ckpt=assets/irsde_demo_denoise.ckpt", "trainer.devicez=2", f"input={tmp_path}",
+                      f"output={tmp_path}"])
