@@ -84,6 +84,10 @@ def hydra_argv(config_name: str, argv: list[str]) -> list[str]:
         top = key.split(".")[0].split("[")[0]
         if top in groups and key != top:  # data.root=DIR: the group may be unset here (a checkpoint's data)
             out.append("++" + arg.lstrip("+"))
+        elif top in own and key != top and top != "hydra":
+            # a key inside an own section (evaluate.yaml's trainer:): added if new, so the entry point's check
+            # (trainer_arguments) names a misspelt one instead of Hydra's "not in struct"
+            out.append("++" + arg.lstrip("+"))
         elif top in valid:
             out.append(arg)
         elif top in sections:
