@@ -16,10 +16,14 @@ CKPT = ASSETS / "irsde_demo_denoise.ckpt"
 # (file, restorer options, margin in dB over the inputs' mean PSNR); the defaults are each model's official sampler
 SHIPPED = [("irsde_demo_denoise.ckpt", {}, 5.0),             # denoising ODE from t*(25)
            ("irsde_demo_derain.ckpt", {"steps": 100}, 0.5),  # plain IR-SDE, the official 100-step posterior
-           ("diffir_demo_s2.ckpt", {}, 3.0)]                  # DiffIR stage 2 (4-step IPR diffusion)
+           ("diffir_demo_s2.ckpt", {}, 3.0),                  # DiffIR stage 2 (4-step IPR diffusion)
+           ("refusion_latent_demo_derain.ckpt", {}, 1.5),     # latent Refusion: the official 100-step reverse SDE
+           ("refusion_latent_demo_derain.ckpt", {"sampler": "mr_sde", "steps": 10}, 1.5)]  # and 10 MR steps
 
 
-@pytest.mark.parametrize("name,options,margin", SHIPPED, ids=[s[0].split(".")[0] for s in SHIPPED])
+@pytest.mark.parametrize("name,options,margin", SHIPPED,
+                         ids=[s[0].split(".")[0] + ("_" + "_".join(map(str, s[1].values())) if s[1] else "")
+                              for s in SHIPPED])
 def test_demo_checkpoint_beats_degraded_inputs(name, options, margin):
     from core.restorer import build_restorer
 
