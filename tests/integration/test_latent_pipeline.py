@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from core.cli import CONFIG_DIR
 from core.io import read_image, write_image
+from tests.integration.test_extend_run import _assert_same  # the same 7-step weights and optimizer check
 
 AE_NET = ["ch=4", "ch_mult=[2,4]", "embed_dim=4"]  # two levels: latent at 1/2, padding multiple 4
 COMMON = [
@@ -96,16 +97,6 @@ def test_evaluate_and_restore_through_the_entry_points(latent, autoencoder, tmp_
         np.testing.assert_array_equal(read_image(tmp_path / "one" / "odd.png"), whole)
     finally:
         moved.rename(autoencoder)
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a["global_step"] == b["global_step"] == 7
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key, value in a["state_dict"].items():
-        assert torch.equal(b["state_dict"][key], value), key
-    for idx, state in a["optimizer_states"][0]["state"].items():
-        for name, value in state.items():
-            assert torch.equal(b["optimizer_states"][0]["state"][idx][name], value), (idx, name)
 
 
 @pytest.mark.parametrize("stage", ["autoencoder", "latent"])
