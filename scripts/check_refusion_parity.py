@@ -203,6 +203,20 @@ def compare_nafnet(official: nn.Module, ours: nn.Module, generator: torch.Genera
     return worst, scale
 
 
+def official_weights(module: nn.Module, path: Path | None, generator: torch.Generator,
+                     conv_gain: float = 1.0) -> nn.Module:
+    """The official module with the given weights file, or random weights (convolutions times conv_gain)."""
+    if path is not None:
+        module.load_state_dict(load_state_dict_any(path, trusted=True), strict=True)
+        return module
+    randomise(module, generator)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim == 4:
+                p.mul_(conv_gain)
+    return module
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--official-repo", type=Path, required=True,
@@ -223,15 +237,9 @@ def main() -> int:
 
     # The autoencoder.
     unet_latent = import_official_modules(args.official_repo, "unet-latent")
-    official_ae = unet_latent.UNet(**AE_OPTIONS).eval()
-    if args.ae_ckpt is not None:
-        official_ae.load_state_dict(load_state_dict_any(args.ae_ckpt, trusted=True), strict=True)
-    else:
-        randomise(official_ae, generator)
-        with torch.no_grad():  # PyTorch's default init shrinks activations level by level, and the decoder
-            for p in official_ae.parameters():  # would then all but ignore its latent: keep the signal alive
-                if p.ndim == 4:
-                    p.mul_(2.0)
+    # PyTorch's default init shrinks activations level by level, and the decoder would then all but ignore its
+    # latent: random convolutions are doubled to keep the signal alive
+    official_ae = official_weights(unet_latent.UNet(**AE_OPTIONS).eval(), args.ae_ckpt, generator, conv_gain=2.0)
     ours_ae = LatentUNet(**AE_OPTIONS).eval()
     ours_ae.load_state_dict(official_ae.state_dict(), strict=True)
     params = f"{count_parameters(ours_ae) / 1e6:6.3f} M params"
@@ -249,11 +257,7 @@ def main() -> int:
 
     # The latent NAFNet of latent-dehazing.
     dehazing = import_official_modules(args.official_repo, "latent-dehazing")
-    official_naf = dehazing.ConditionalNAFNet(**NAFNET_OPTIONS).eval()
-    if args.nafnet_ckpt is not None:
-        official_naf.load_state_dict(load_state_dict_any(args.nafnet_ckpt, trusted=True), strict=True)
-    else:
-        randomise(official_naf, generator)
+    official_naf = official_weights(dehazing.ConditionalNAFNet(**NAFNET_OPTIONS).eval(), args.nafnet_ckpt, generator)
     has_skip = "intro_skip" in inspect.signature(ConditionalNAFNet).parameters
     variants = [("ConditionalNAFNet (pixel-space form)", {})]
     if has_skip:
