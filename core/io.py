@@ -135,7 +135,9 @@ def write_image(path: str | Path, img: np.ndarray | torch.Tensor) -> None:
     # existing output is a complete one (restore.py skips those when rerun)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        Image.fromarray(arr).save(tmp)
+        # PNG at zlib level 1, the default of OpenCV's imwrite that the official codes save with: a 1411^2 photo
+        # takes 0.15 s instead of PIL's 0.8 s at level 6, for files about 10 % larger (lossless either way)
+        Image.fromarray(arr).save(tmp, **({"compress_level": 1} if path.suffix.lower() == ".png" else {}))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
