@@ -18,7 +18,8 @@ SHIPPED = [("irsde_demo_denoise.ckpt", {}, 5.0),             # denoising ODE fro
            ("irsde_demo_derain.ckpt", {"steps": 100}, 0.5),  # plain IR-SDE, the official 100-step posterior
            ("diffir_demo_s2.ckpt", {}, 3.0),                  # DiffIR stage 2 (4-step IPR diffusion)
            ("refusion_latent_demo_derain.ckpt", {}, 1.5),     # latent Refusion: the official 100-step reverse SDE
-           ("refusion_latent_demo_derain.ckpt", {"sampler": "mr_sde", "steps": 10}, 1.5)]  # and 10 MR steps
+           ("refusion_latent_demo_derain.ckpt", {"sampler": "mr_sde", "steps": 10}, 1.5),  # and 10 MR steps
+           ("refusion_latent_demo_denoise.ckpt", {"sampler": "mr_sde", "order": 1, "steps": 5}, 5.0)]  # sigma 25
 
 
 @pytest.mark.parametrize("name,options,margin", SHIPPED,
