@@ -41,6 +41,9 @@ step "evaluation throughput on one GPU (evaluate.py through Lightning's Trainer.
 "$PY" -m benchmarks.inference_scaling --device cuda --cells 1x1 --images 32 --size 256 --repeats 1 \
     --out "$OUT/inference_scaling_cuda.json"
 
+step "a large photo: pixel IR-SDE against latent Refusion (restore.py end to end, peak CUDA memory)"
+"$PY" -m benchmarks.irsde_large_photo --device cuda --out "$OUT/irsde_large_photo_cuda.json"
+
 step "speed benchmarks on CUDA"
 "$PY" -m benchmarks.realesrgan_degradation --device cuda --out "$OUT/realesrgan_degradation_cuda.json"
 "$PY" -m benchmarks.irsde_fast_path --device cuda --fast mr_ode:2@10 mr_ode:2@5 --out "$OUT/irsde_fast_path.json"
