@@ -276,11 +276,11 @@ def test_fast_path_quick(tmp_path: Path):
 def test_large_photo_quick(tmp_path: Path):
     from benchmarks.irsde_large_photo import main
 
-    names = ["official", "mr_ode:1@2", "latent:sde@100", "latent:mr_sde:1@5"]
+    names = ["official", "latent:mr_sde:1@5"]  # a pixel and a latent row, float32 and bf16 (a process each)
     result = main(["--quick", "--configs", *names, "--out", str(tmp_path / "large.json")])
     rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == names and rows["official"]["speedup_vs_official"] == 1.0
-    assert [r["precision"] for r in rows.values()] == ["32", "bf16", "32", "bf16"]
+    assert [r["precision"] for r in rows.values()] == ["32", "bf16"]
     assert {r["ckpt"] for r in rows.values()} == {"assets/irsde_demo_denoise.ckpt",
                                                   "assets/refusion_latent_demo_denoise.ckpt"}
     # one fresh process per row: each peak is its own and above what the process held before restoring
