@@ -136,7 +136,7 @@ def write_image(path: str | Path, img: np.ndarray | torch.Tensor) -> None:
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         # PNG at zlib level 1, the default of OpenCV's imwrite that the official codes save with: a 1411^2 photo
-        # takes 0.15 s instead of PIL's 0.8 s at level 6, for files about 10 % larger (lossless either way)
+        # takes 0.17 s instead of 0.73 s at PIL's level 6, for a file 11 % larger (lossless either way)
         Image.fromarray(arr).save(tmp, **({"compress_level": 1} if path.suffix.lower() == ".png" else {}))
         os.replace(tmp, path)
     finally:
